@@ -1,0 +1,1 @@
+"""Tollgate: the shared layer of every Lambda function (config, database, ledger, services, adapters)."""

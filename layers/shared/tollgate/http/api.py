@@ -1,0 +1,146 @@
+"""The resolver every HTTP function uses, with the request guards and error mapping already in place.
+
+A function module does:
+
+    app = create_app("credits")
+
+    @app.get("/credits/balance")
+    def balance() -> BalanceOut: ...
+
+    @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+    @tracer.capture_lambda_handler
+    @metrics.log_metrics
+    def lambda_handler(event, context):
+        return app.resolve(event, context)
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
+
+from tollgate import errors
+from tollgate.config import get_settings
+from tollgate.http.errors import error_body, status_for
+from tollgate.observability import logger
+
+JSON = "application/json"
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _error_response(status: HTTPStatus, code: str, message: str, details: Any = None) -> Response[str]:
+    return Response(status_code=int(status), content_type=JSON, body=error_body(code, message, details))
+
+
+def _guard_body(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response[Any]:
+    """Refuse oversized, non-JSON and malformed bodies before validation or any service runs."""
+    event = app.current_event
+    if event.http_method.upper() in BODY_METHODS and event.body:
+        raw = event.decoded_body or ""
+        size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(raw)
+        limit = get_settings().max_body_bytes
+        if size > limit:
+            raise errors.PayloadTooLarge(f"the body is {size} bytes; the limit is {limit}", details={"limit": limit})
+        content_type = (event.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if content_type != JSON and not content_type.endswith("+json"):
+            raise errors.UnsupportedMediaType(
+                "send the body as application/json", details={"content_type": content_type or None}
+            )
+        try:
+            json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise errors.MalformedJson("the body is not valid JSON", details={"reason": str(exc)}) from None
+    return next_middleware(app)
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Never echo the rejected input back: it may hold a password or a token.
+    return [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+
+
+def create_app(function_name: str) -> APIGatewayHttpResolver:
+    app = APIGatewayHttpResolver(enable_validation=True)
+    app.use(middlewares=[_guard_body])
+
+    @app.exception_handler(errors.TollgateError)
+    def _domain_error(exc: errors.TollgateError) -> Response[str]:
+        status = status_for(exc)
+        if status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+            logger.exception("domain error", extra={"code": exc.code})
+        return _error_response(status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid_request(exc: RequestValidationError) -> Response[str]:
+        details = _validation_details(exc)
+        kinds = {d["type"] for d in details}
+        if "json_invalid" in kinds:
+            return _error_response(HTTPStatus.BAD_REQUEST, errors.MalformedJson.code, "the body is not valid JSON")
+        if "unsupported_content_type" in kinds:
+            return _error_response(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, errors.UnsupportedMediaType.code, "send the body as JSON"
+            )
+        return _error_response(
+            HTTPStatus.UNPROCESSABLE_ENTITY, errors.ValidationFailed.code, "the request is not valid", details
+        )
+
+    @app.not_found
+    def _not_found(exc: NotFoundError) -> Response[str]:
+        return _error_response(HTTPStatus.NOT_FOUND, errors.NotFound.code, "no such route")
+
+    @app.exception_handler(DBAPIError)
+    def _database_error(exc: DBAPIError) -> Response[str]:
+        if exc.connection_invalidated or isinstance(exc.orig, ConnectionError | OSError):
+            logger.warning("database unreachable", extra={"error": type(exc.orig).__name__})
+            return _error_response(
+                HTTPStatus.SERVICE_UNAVAILABLE, errors.DependencyUnavailable.code, "the database is unreachable"
+            )
+        logger.exception("database error")
+        return _error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+
+    @app.exception_handler(Exception)
+    def _unexpected(exc: Exception) -> Response[str]:
+        logger.exception("unhandled error")
+        return _error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+
+    logger.append_keys(function=function_name)
+    return app
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as the Lambda authorizer proved it (handlers trust nothing else)."""
+
+    user_id: uuid.UUID
+    role: str
+    session_id: str | None = None
+    tier: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "ADMIN"
+
+
+def current_principal(app: APIGatewayHttpResolver) -> Principal:
+    context = app.current_event.request_context.authorizer.get_lambda or {}
+    try:
+        user_id = uuid.UUID(str(context["user_id"]))
+    except (KeyError, ValueError):
+        raise errors.Unauthenticated("no authenticated caller") from None
+    return Principal(
+        user_id=user_id,
+        role=str(context.get("role") or "USER"),
+        session_id=context.get("session_id") or None,
+        tier=context.get("tier") or None,
+    )

@@ -1,0 +1,69 @@
+"""Identity: the user, with every field the seed schemas keep for one (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import Boolean, CheckConstraint, Index, Integer, String, Text, func, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tollgate.db.base import Base, CreatedAt, UpdatedAt, UUIDPk
+
+
+class UserRole(enum.StrEnum):
+    USER = "USER"
+    SUPPORT = "SUPPORT"
+    ADMIN = "ADMIN"
+
+
+class UserStatus(enum.StrEnum):
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+    LOCKED = "LOCKED"  # e.g. a trial that ended without a paid plan
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        # Emails are unique whatever their case; kept as typed for display.
+        Index("uq_users_email_lower", func.lower(text("email")), unique=True),
+        CheckConstraint("role IN ('USER', 'SUPPORT', 'ADMIN')", name="role"),
+        CheckConstraint("status IN ('ACTIVE', 'SUSPENDED', 'LOCKED')", name="status"),
+        CheckConstraint("downgrade_count >= 0", name="downgrade_count"),
+    )
+
+    id: Mapped[UUIDPk]
+    email: Mapped[str] = mapped_column(String(320))
+    email_verified_at: Mapped[datetime | None]
+    name: Mapped[str | None] = mapped_column(String(200))
+    username: Mapped[str | None] = mapped_column(String(64), unique=True)
+    image: Mapped[str | None] = mapped_column(Text)
+    password_hash: Mapped[str | None] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16), default=UserRole.USER, server_default=UserRole.USER.value)
+    status: Mapped[str] = mapped_column(
+        String(16), default=UserStatus.ACTIVE, server_default=UserStatus.ACTIVE.value
+    )
+    two_factor_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    clerk_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    lemonsqueezy_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    tier: Mapped[str] = mapped_column(String(32), default="FREE", server_default="FREE")
+    trial_started_at: Mapped[datetime | None]
+    trial_ends_at: Mapped[datetime | None]
+    trial_used: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    downgrade_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    language: Mapped[str] = mapped_column(String(16), default="en", server_default="en")
+    last_login_at: Mapped[datetime | None]
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
+    deleted_at: Mapped[datetime | None]
+
+    @property
+    def email_verified(self) -> bool:
+        return self.email_verified_at is not None
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None

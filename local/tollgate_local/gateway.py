@@ -1,0 +1,140 @@
+"""The local gateway: serves every HttpApi route of template.yaml on 127.0.0.1 like API Gateway would.
+
+For each request it builds the payload v2.0 event, runs the route's Lambda authorizer (simple responses),
+calls the real handler with a Lambda context and turns the result back into HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tollgate_local.events import (
+    HttpRequest,
+    HttpResponse,
+    build_authorizer_event,
+    build_http_event,
+    read_http_result,
+)
+from tollgate_local.openapi import merged_openapi, swagger_html
+from tollgate_local.runtime import FunctionRunner
+from tollgate_local.template import RouteDef, Template
+
+log = logging.getLogger("tollgate_local.gateway")
+JSON_HEADERS = [("content-type", "application/json")]
+
+
+def _error(status: int, code: str, message: str, extra_headers: list[tuple[str, str]] | None = None) -> HttpResponse:
+    body = json.dumps({"error": {"code": code, "message": message, "details": None}}).encode()
+    return HttpResponse(status, JSON_HEADERS + (extra_headers or []), body)
+
+
+class Gateway:
+    def __init__(self, template: Template, runner: FunctionRunner | None = None) -> None:
+        self.template = template
+        self.runner = runner or FunctionRunner(template.functions)
+
+    def match(self, method: str, path: str) -> tuple[RouteDef | None, dict[str, str], list[str]]:
+        """The route for (method, path), its path parameters, and the methods the path allows."""
+        allowed: list[str] = []
+        for route in self.template.routes:
+            params = route.match(path)
+            if params is None:
+                continue
+            if route.method in {method, "ANY"}:
+                return route, params, []
+            allowed.append(route.method)
+        return None, {}, allowed
+
+    def authorize(self, route: RouteDef, event: dict[str, Any]) -> HttpResponse | dict[str, Any]:
+        """Run the route's authorizer: its context on success, or the answer API Gateway would give."""
+        assert route.authorizer is not None
+        spec = self.template.authorizers.get(route.authorizer)
+        if spec is None:
+            return _error(500, "gateway_error", f"authorizer {route.authorizer} is not in the template")
+        missing = [h for h in spec.identity_headers if h not in event["headers"]]
+        if missing:
+            return HttpResponse(401, JSON_HEADERS, b'{"message":"Unauthorized"}')
+        result = self.runner.invoke(spec.function_id, build_authorizer_event(event, spec.identity_headers))
+        if isinstance(result, dict) and result.get("isAuthorized") is True:
+            context = result.get("context") or {}
+            return context if isinstance(context, dict) else {}
+        return HttpResponse(403, JSON_HEADERS, b'{"message":"Forbidden"}')
+
+    def handle(self, request: HttpRequest) -> HttpResponse:
+        if request.method == "GET" and request.raw_path == "/openapi.json":
+            body = json.dumps(merged_openapi(self)).encode()
+            return HttpResponse(200, JSON_HEADERS, body)
+        if request.method == "GET" and request.raw_path in {"/docs", "/docs/"}:
+            return HttpResponse(200, [("content-type", "text/html; charset=utf-8")], swagger_html().encode())
+
+        route, params, allowed = self.match(request.method, request.raw_path)
+        if route is None:
+            if allowed:
+                return _error(405, "method_not_allowed", f"{request.method} is not allowed here",
+                              [("allow", ", ".join(sorted(set(allowed))))])  # fmt: skip
+            return _error(404, "not_found", f"no route for {request.raw_path}")
+
+        event = build_http_event(request, route.route_key, params)
+        try:
+            if route.authorizer is not None:
+                outcome = self.authorize(route, event)
+                if isinstance(outcome, HttpResponse):
+                    return outcome
+                event["requestContext"]["authorizer"] = {"lambda": outcome}
+            return read_http_result(self.runner.invoke(route.function_id, event))
+        except Exception:
+            # What API Gateway answers when the function itself fails.
+            log.error("function %s failed:\n%s", route.function_id, traceback.format_exc())
+            return _error(500, "internal_error", "Internal Server Error")
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    gateway: Gateway
+    protocol_version = "HTTP/1.1"
+
+    def _serve(self) -> None:
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        request = HttpRequest(
+            method=self.command.upper(),
+            raw_path=parts.path or "/",
+            raw_query=parts.query,
+            headers=list(self.headers.items()),
+            body=body,
+            source_ip=self.client_address[0],
+        )
+        response = self.gateway.handle(request)
+        self.send_response(response.status)
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(response.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.info("%s %s", self.address_string(), format % args)
+
+
+def make_server(template_path: Path, host: str, port: int) -> ThreadingHTTPServer:
+    gateway = Gateway(Template(template_path))
+    handler = type("BoundHandler", (_RequestHandler,), {"gateway": gateway})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="tollgate-gateway", daemon=True)
+    thread.start()
+    return thread
