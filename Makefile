@@ -34,7 +34,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 
 typecheck: $(BIN)/.installed
-	$(BIN)/mypy layers/shared local functions migrations
+	$(BIN)/mypy layers/shared local functions migrations tests bench
 
 template: $(TOOLS)/bin/.installed
 	$(TOOLS)/bin/sam validate --lint --template template.yaml

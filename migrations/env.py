@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
+import tollgate.models  # noqa: F401  (registers every table on Base.metadata)
 from tollgate.db.base import Base
 from tollgate.db.engine import get_engine
-import tollgate.models  # noqa: F401  (registers every table on Base.metadata)
 
 config = context.config
 target_metadata = Base.metadata

@@ -17,9 +17,9 @@ from sqlalchemy import text
 os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
 os.environ["POWERTOOLS_TRACE_DISABLED"] = "true"
 
-from tollgate.config import Settings, get_settings  # noqa: E402
-from tollgate.db import UnitOfWork, get_engine  # noqa: E402
-from tollgate.db.engine import reset_engine  # noqa: E402
+from tollgate.config import Settings, get_settings
+from tollgate.db import UnitOfWork, get_engine
+from tollgate.db.engine import reset_engine
 
 Settings.model_config["env_file"] = None
 
@@ -56,9 +56,13 @@ def database_url(pg_server: object) -> str:
 
 def _truncate_all() -> None:
     with get_engine().begin() as conn:
-        tables = conn.execute(
-            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
-        ).scalars().all()
+        tables = (
+            conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
+            )
+            .scalars()
+            .all()
+        )
         if tables:
             # replica role: skip the triggers that guard the ledger against deletes, for cleanup only.
             conn.execute(text("SET LOCAL session_replication_role = replica"))

@@ -72,7 +72,7 @@ def api_call(
     if through_authorizer:
         response = gateway.handle(request)
         return ApiResponse(response.status, dict(response.headers), response.body)
-    route, params, allowed = gateway.match(method, path)
+    route, params, _ = gateway.match(method, path)
     if route is None:
         response = gateway.handle(request)  # the gateway's own 404/405
         return ApiResponse(response.status, dict(response.headers), response.body)

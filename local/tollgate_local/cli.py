@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Locally, metrics would only print EMF blobs between the log lines.
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     result: int = args.func(args)
     return result
 

@@ -24,6 +24,17 @@ class _CfnLoader(yaml.SafeLoader):
     pass
 
 
+# YAML 1.1 reads yes/no/on/off as booleans (a schedule named `Off` would become False); CloudFormation
+# keeps them strings. Only true/false are booleans here.
+_CfnLoader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_CfnLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def _make_constructor(tag: str) -> Any:
     key = tag if tag in {"Ref", "Condition"} else f"Fn::{tag}"
 
@@ -224,9 +235,7 @@ class Template:
                 if authorizer == "NONE":
                     authorizer = None
                 pattern, names = _route_pattern(path)
-                routes.append(
-                    RouteDef(function_id, event_name, method, path, authorizer, pattern, names)
-                )
+                routes.append(RouteDef(function_id, event_name, method, path, authorizer, pattern, names))
         routes.sort(key=lambda r: r.specificity, reverse=True)
         return routes
 

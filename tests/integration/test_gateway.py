@@ -46,13 +46,14 @@ def call(base_url: str, method: str, path: str, body: bytes | None = None,
 
 
 def echoed(raw: bytes) -> dict[str, Any]:
-    return json.loads(raw)["event"]
+    event: dict[str, Any] = json.loads(raw)["event"]
+    return event
 
 
 def test_builds_the_v2_event_as_api_gateway_does(base_url: str) -> None:
     # Given a public route with a path parameter
     # When a request with a repeated query key, repeated headers and cookies reaches it
-    status, headers, raw = call(
+    status, _, raw = call(
         base_url, "GET", "/public/item-7?a=1&a=2&b=x%20y",
         headers={"X-Custom": "one", "Cookie": "c1=v1; c2=v2", "User-Agent": "tests"},
     )  # fmt: skip
@@ -187,7 +188,7 @@ def test_serves_the_merged_openapi_document_and_docs(base_url: str) -> None:
     document = json.loads(raw)
     assert "/widgets" in document["paths"] and "post" in document["paths"]["/widgets"]
     assert "Widget" in document["components"]["schemas"]
-    status, headers, raw = call(base_url, "GET", "/docs")
+    status, _, raw = call(base_url, "GET", "/docs")
     assert status == 200 and b"swagger-ui" in raw
 
 

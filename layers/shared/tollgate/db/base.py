@@ -8,9 +8,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from sqlalchemy import DateTime, MetaData, func
-from sqlalchemy.dialects.postgresql import UUID
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import DateTime, MetaData, Uuid, func
+from sqlalchemy.orm import DeclarativeBase, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -38,15 +37,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-UUIDPk = Annotated[uuid.UUID, mapped_column(UUID(as_uuid=True), primary_key=True, default=new_id)]
+UUIDPk = Annotated[uuid.UUID, mapped_column(Uuid, primary_key=True, default=new_id)]
 CreatedAt = Annotated[
-    datetime, mapped_column(DateTime(timezone=True), nullable=False, default=utcnow, server_default=func.now())
+    datetime,
+    mapped_column(DateTime(timezone=True), nullable=False, default=utcnow, server_default=func.now()),
 ]
 UpdatedAt = Annotated[
     datetime,
-    mapped_column(
-        DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow, server_default=func.now()
-    ),
+    mapped_column(DateTime(timezone=True), nullable=False, default=utcnow, onupdate=utcnow, server_default=func.now()),
 ]
 
 

@@ -16,15 +16,16 @@ A function module does:
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError
 
@@ -41,25 +42,45 @@ def _error_response(status: HTTPStatus, code: str, message: str, details: Any = 
     return Response(status_code=int(status), content_type=JSON, body=error_body(code, message, details))
 
 
-def _guard_body(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response[Any]:
-    """Refuse oversized, non-JSON and malformed bodies before validation or any service runs."""
-    event = app.current_event
-    if event.http_method.upper() in BODY_METHODS and event.body:
-        raw = event.decoded_body or ""
-        size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(raw)
-        limit = get_settings().max_body_bytes
-        if size > limit:
-            raise errors.PayloadTooLarge(f"the body is {size} bytes; the limit is {limit}", details={"limit": limit})
-        content_type = (event.headers.get("content-type") or "").split(";")[0].strip().lower()
-        if content_type != JSON and not content_type.endswith("+json"):
-            raise errors.UnsupportedMediaType(
-                "send the body as application/json", details={"content_type": content_type or None}
-            )
-        try:
-            json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise errors.MalformedJson("the body is not valid JSON", details={"reason": str(exc)}) from None
-    return next_middleware(app)
+def _body_problem(event: Mapping[str, Any]) -> errors.TollgateError | None:
+    """Why a request body must be refused before validation or any service runs, if it must."""
+    method = str(event.get("requestContext", {}).get("http", {}).get("method", "")).upper()
+    body = event.get("body")
+    if method not in BODY_METHODS or not body:
+        return None
+    try:
+        raw = base64.b64decode(body) if event.get("isBase64Encoded") else str(body).encode("utf-8")
+    except ValueError:
+        return errors.BadRequest("the body is not valid base64")
+    limit = get_settings().max_body_bytes
+    if len(raw) > limit:
+        return errors.PayloadTooLarge(f"the body is {len(raw)} bytes; the limit is {limit}", details={"limit": limit})
+    headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
+    content_type = str(headers.get("content-type") or "").split(";")[0].strip().lower()
+    if content_type != JSON and not content_type.endswith("+json"):
+        return errors.UnsupportedMediaType(
+            "send the body as application/json", details={"content_type": content_type or None}
+        )
+    try:
+        json.loads(raw)
+    except ValueError as exc:  # includes UnicodeDecodeError
+        return errors.MalformedJson("the body is not valid JSON", details={"reason": str(exc)})
+    return None
+
+
+class TollgateResolver(APIGatewayHttpResolver):
+    """The powertools HTTP API resolver, refusing bad bodies (size, media type, JSON) before anything runs."""
+
+    def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        problem = _body_problem(event)
+        if problem is not None:
+            return {
+                "statusCode": int(status_for(problem)),
+                "headers": {"Content-Type": JSON},
+                "body": error_body(problem.code, problem.message, problem.details),
+                "isBase64Encoded": False,
+            }
+        return super().resolve(event, context)
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -70,9 +91,8 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
-def create_app(function_name: str) -> APIGatewayHttpResolver:
-    app = APIGatewayHttpResolver(enable_validation=True)
-    app.use(middlewares=[_guard_body])
+def create_app(function_name: str) -> TollgateResolver:
+    app = TollgateResolver(enable_validation=True)
 
     @app.exception_handler(errors.TollgateError)
     def _domain_error(exc: errors.TollgateError) -> Response[str]:
@@ -104,7 +124,9 @@ def create_app(function_name: str) -> APIGatewayHttpResolver:
         if exc.connection_invalidated or isinstance(exc.orig, ConnectionError | OSError):
             logger.warning("database unreachable", extra={"error": type(exc.orig).__name__})
             return _error_response(
-                HTTPStatus.SERVICE_UNAVAILABLE, errors.DependencyUnavailable.code, "the database is unreachable"
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                errors.DependencyUnavailable.code,
+                "the database is unreachable",
             )
         logger.exception("database error")
         return _error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", "internal error")
