@@ -5,12 +5,11 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-import tollgate.models  # noqa: F401  (registers every table on Base.metadata)
-from tollgate.db.base import Base
 from tollgate.db.engine import get_engine
+from tollgate.models.registry import load_all
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = load_all()
 
 
 def run_migrations(connection: Connection) -> None:

@@ -7,6 +7,8 @@ truncated afterwards, so tests may commit (and concurrency tests must) without s
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,12 +18,18 @@ from sqlalchemy import text
 # Tests never read a developer's .env, and never publish metrics.
 os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
 os.environ["POWERTOOLS_TRACE_DISABLED"] = "true"
+# Mail that tests send lands in a throwaway folder, never in the working tree's .tollgate/.
+os.environ.setdefault("TOLLGATE_MAIL_DIR", tempfile.mkdtemp(prefix="tollgate-test-mail-"))
+# A random access-token signing key per test run (never a fixed string; see tollgate.auth.access_tokens).
+os.environ.setdefault("JWT_SIGNING_KEY", os.urandom(32).hex())
 
 from tollgate.config import Settings, get_settings
 from tollgate.db import UnitOfWork, get_engine
 from tollgate.db.engine import reset_engine
+from tollgate.models.registry import load_all
 
 Settings.model_config["env_file"] = None
+load_all()  # the whole schema, whatever a test module happens to import
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Copies of ../shared/fixtures (real provider payloads; see their SOURCES.md), so the repo tests on its own.
@@ -37,11 +45,16 @@ def use_database(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def pg_server() -> Iterator[object]:
     from tollgate_local.database import start_embedded
 
-    server, _ = start_embedded(tmp_path_factory.mktemp("pg") / "pgdata", TEST_DATABASE)
+    # Outside pytest's own temporary folders (which it prunes while other sessions may still run).
+    folder = Path(tempfile.mkdtemp(prefix="tollgate-test-pg-"))
+    server, _ = start_embedded(folder / "pgdata", TEST_DATABASE, throwaway=True)
     yield server
+    reset_engine()  # close pooled connections before the server stops
+    server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

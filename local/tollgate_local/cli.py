@@ -187,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     db_url = sub.add_parser("db-url", help="start the embedded database and print its URL")
     db_url.set_defaults(func=lambda a: (_prepare_database(migrate=False), cmd_db_url(a))[1])
+
+    from tollgate_local.webhooks_cli import add_parser as add_webhooks_parser
+
+    add_webhooks_parser(sub)  # tollgate webhooks replay|send (issue 5)
+    from tollgate_local.rag_cli import add_rag_commands  # the `rag` subcommand (knowledge base)
+
+    add_rag_commands(sub)
     return parser
 
 
@@ -197,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    from tollgate_local.local_secrets import ensure_jwt_signing_key
+
+    ensure_jwt_signing_key()  # locally: $TOLLGATE_DATA_DIR/jwt.key unless JWT_SIGNING_KEY is set
     result: int = args.func(args)
     return result
 

@@ -13,15 +13,16 @@ log = logging.getLogger("tollgate_local.database")
 DATABASE_NAME = "tollgate"
 
 
-def start_embedded(pgdata: Path, database: str = DATABASE_NAME) -> tuple[Any, str]:
+def start_embedded(pgdata: Path, database: str = DATABASE_NAME, *, throwaway: bool = False) -> tuple[Any, str]:
     """Start (or reuse) the embedded server in `pgdata` and make sure `database` exists.
 
-    The server stops cleanly when this process exits (the next start reuses the data folder).
+    The server stops cleanly when this process exits (the next start reuses the data folder); a `throwaway`
+    one (tests, benchmarks) is deleted with its folder instead, at exit or on `server.cleanup()`.
     """
     import pgserver
 
     pgdata.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata.resolve(), cleanup_mode="stop")
+    server = pgserver.get_server(pgdata.resolve(), cleanup_mode="delete" if throwaway else "stop")
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')

@@ -32,6 +32,9 @@ def loader(section: str) -> Callable[[SectionLoader], SectionLoader]:
 
 def seed(path: Path = DEFAULT_SEED_FILE) -> dict[str, int]:
     """Load every section that has a loader, in one transaction. Returns rows written per section."""
+    # Loaders live beside their area's code and register themselves when imported.
+    from tollgate_local import rag_cli, seed_catalogue  # noqa: F401  (knowledge_base; plans, packs, costs)
+
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the seed file must be a mapping of sections")

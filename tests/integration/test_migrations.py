@@ -9,12 +9,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect, text
 
-import tollgate.models  # noqa: F401
 from tollgate.db.base import Base
 from tollgate.db.engine import pg8000_url
+from tollgate.models.registry import load_all
 from tollgate_local.migrations import downgrade, upgrade
 
 SCRATCH_DB = "tollgate_migrations"
+load_all()
 
 
 @pytest.fixture

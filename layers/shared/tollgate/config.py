@@ -73,12 +73,145 @@ class Settings(BaseSettings):
     lemonsqueezy_store_id: str | None = None
     clerk_webhook_secret: SecretStr | None = None
     clerk_jwks_url: str | None = None
+    # Payments (issue 5): provider API base URLs (tests and `tollgate serve` may point them at local stand-ins).
+    stripe_api_base: str = "https://api.stripe.com"
+    lemonsqueezy_api_base: str = "https://api.lemonsqueezy.com"
+    provider_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # Stripe signatures older than this (or this far in the future) are refused; Svix uses 5 minutes itself.
+    webhook_tolerance_seconds: int = Field(default=300, ge=30, le=3600)
+
+    # --- scheduled jobs --------------------------------------------------------------------------------------
+    # LogRetention: log groups under these prefixes that keep logs forever get this retention.
+    log_retention_days: int = Field(default=30, ge=1, le=3653)
+    log_group_prefixes: Annotated[tuple[str, ...], NoDecode] = ()
+    # A job stops starting batches when less than this is left of its invocation, and resumes next run.
+    job_safety_ms: int = Field(default=10_000, ge=0)
+    # Balance notices: mail when the last `burn_rate_days` of usage would empty the balance within
+    # `low_balance_notice_days`, and when credits expire within `expiry_notice_days` unused.
+    low_balance_notice_days: int = Field(default=3, ge=1, le=90)
+    burn_rate_days: int = Field(default=7, ge=1, le=90)
+    expiry_notice_days: int = Field(default=7, ge=1, le=90)
+    # ProviderReconciliation: how far back it looks at the providers' APIs (should cover several runs), how old
+    # a Lemon Squeezy change must be before the job applies it (its webhook retries end after ~2.5 minutes), and
+    # the page size of the list calls.
+    provider_reconciliation_hours: int = Field(default=72, ge=1, le=720)
+    provider_reconciliation_settle_minutes: int = Field(default=10, ge=0, le=1440)
+    provider_reconciliation_page_size: int = Field(default=100, ge=1, le=100)
+    # Retention (days kept; see tollgate/jobs/retention.py for what each covers).
+    email_log_retention_days: int = Field(default=90, ge=1)
+    token_retention_days: int = Field(default=7, ge=1)
+    session_retention_days: int = Field(default=30, ge=1)
+    webhook_payload_retention_days: int = Field(default=30, ge=1)
+    ai_message_retention_days: int = Field(default=365, ge=1)
+    ai_usage_retention_days: int = Field(default=400, ge=1)
+    job_cursor_retention_days: int = Field(default=90, ge=1)
+
+    # --- auth (issue 4: accounts, sign-in, mail, the authorizer) -------------------------------------------
+    # HS256 key of access tokens. In AWS the app secret generates it; locally the CLI persists one in
+    # $TOLLGATE_DATA_DIR/jwt.key. Never a default in code: unset, sign-in refuses to run.
+    jwt_signing_key: SecretStr | None = None
+    jwt_issuer: str = "tollgate"
+    jwt_audience: str = "tollgate-api"
+    access_token_ttl_seconds: int = Field(default=900, ge=60, le=3600)
+    refresh_token_ttl_days: int = Field(default=30, ge=1, le=365)
+    # How long the authorizer reuses a verdict for the same token in one container (revocation delay bound).
+    authorizer_cache_seconds: int = Field(default=30, ge=0, le=300)
+    password_hash_memory_kib: int = Field(default=19456, ge=19456)
+    password_hash_time_cost: int = Field(default=2, ge=2)
+    login_max_failures_per_account: int = Field(default=5, ge=1)
+    login_max_failures_per_ip: int = Field(default=30, ge=1)
+    login_failure_window_seconds: int = Field(default=900, ge=1)
+    login_lockout_seconds: int = Field(default=900, ge=1)
+    # register / forgot-password requests per source IP inside LOGIN_FAILURE_WINDOW_SECONDS (mail bombing)
+    mail_requests_per_ip: int = Field(default=20, ge=1)
+    two_factor_max_attempts: int = Field(default=5, ge=1, le=20)
+    # register and forgot-password take at least this long, mail sent or not (timing must not reveal accounts)
+    enumeration_floor_ms: int = Field(default=300, ge=0, le=5000)
+    mail_backend: Literal["local", "ses"] = "local"
+    mail_from: str = "Tollgate <no-reply@localhost>"
+    # Anti-spam: the same type of message to the same address at most once per window.
+    mail_min_interval_seconds: int = Field(default=60, ge=0)
+    ses_configuration_set: str | None = None
+    clerk_issuer: str | None = None
+    clerk_authorized_parties: Annotated[frozenset[str], NoDecode] = frozenset()
+    # OAuth: the front-end page the provider sends the browser back to; `{provider}` is replaced.
+    oauth_redirect_url: str | None = None
+    google_client_id: str | None = None
+    google_client_secret: SecretStr | None = None
+    google_authorize_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105
+    google_userinfo_url: str = "https://openidconnect.googleapis.com/v1/userinfo"
+    github_client_id: str | None = None
+    github_client_secret: SecretStr | None = None
+    github_authorize_url: str = "https://github.com/login/oauth/authorize"
+    github_token_url: str = "https://github.com/login/oauth/access_token"  # noqa: S105
+    github_api_url: str = "https://api.github.com"
+
+    # --- knowledge base (issue 7: embeddings, search, ask) -------------------------------------------------
+    # local: all-MiniLM-L6-v2 (int8 ONNX) on this machine, dev only; bedrock: Titan Text Embeddings v2;
+    # openai: text-embedding-3-small. Vectors of different models are never compared (`tollgate rag reembed`).
+    embedding_provider: Literal["local", "bedrock", "openai"] = "local"
+    embedding_model_id: str | None = Field(default=None, description="unset: the provider's default model")
+    embedding_dimensions: int | None = Field(
+        default=None,
+        description="Titan v2: 256, 512 or 1024; OpenAI 3-small: up to 1536; unset: the model's own",
+    )
+    embedding_batch_size: int = Field(default=32, ge=1, le=256)
+    # extractive: answer with the best chunks themselves (no LLM); bedrock: Converse API; openai: chat completions.
+    llm_provider: Literal["extractive", "bedrock", "openai"] = "extractive"
+    llm_model_id: str | None = Field(default=None, description="unset: the provider's default model")
+    llm_max_output_tokens: int = Field(default=512, ge=16, le=4096)
+    llm_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    bedrock_region: str | None = Field(default=None, description="unset: AWS_REGION")
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    # vector, chosen by measurement: hit@3 on the paraphrase set 0.90 (vector) vs 0.79 (hybrid), see bench/rag.py.
+    rag_search_mode: Literal["vector", "hybrid"] = Field(
+        default="vector",
+        description="default search mode (chosen by bench/rag.py's hit@3 on the paraphrase set)",
+    )
+    rag_search_threshold: float = Field(default=0.25, ge=-1, le=1)
+    rag_hnsw_ef_search: int = Field(default=64, ge=1, le=1000)
+    rag_ask_context_chunks: int = Field(default=4, ge=1, le=20)
+    rag_ask_history_messages: int = Field(default=6, ge=0, le=50)
+    # Asks per window per tier (`TIER=N,...`); a tier not listed gets `rag_ask_rate_limit_default`.
+    rag_ask_rate_limits: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=lambda: {"FREE": 10, "PRO": 60, "BUSINESS": 300}
+    )
+    rag_ask_rate_limit_default: int = Field(default=10, ge=0)
+    rag_ask_rate_window_seconds: int = Field(default=60, ge=1, le=86_400)
+
+    @field_validator("rag_ask_rate_limits", mode="before")
+    @classmethod
+    def _split_rate_limits(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            limits: dict[str, int] = {}
+            for part in value.split(","):
+                if part.strip():
+                    tier, _, count = part.partition("=")
+                    limits[tier.strip().upper()] = int(count)
+            return limits
+        return value
 
     @field_validator("admin_emails", mode="before")
     @classmethod
     def _split_emails(cls, value: Any) -> Any:
         if isinstance(value, str):
             return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("log_group_prefixes", mode="before")
+    @classmethod
+    def _split_prefixes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("clerk_authorized_parties", mode="before")
+    @classmethod
+    def _split_parties(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return frozenset(part.strip() for part in value.split(",") if part.strip())
         return value
 
     @property
@@ -115,7 +248,8 @@ class SecretsManagerSource(PydanticBaseSettingsSource):
         raise NotImplementedError  # __call__ returns every value at once
 
     def __call__(self) -> dict[str, Any]:
-        arn = self._env_settings().get("secrets_arn")
+        from_env = self._env_settings()  # keyed by alias where a field has one
+        arn = from_env.get("TOLLGATE_SECRETS_ARN") or from_env.get("secrets_arn")
         if not arn:
             return {}
         # Imported here: only deployments that name a secret pay for boto3.

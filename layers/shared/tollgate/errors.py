@@ -67,3 +67,195 @@ class Forbidden(TollgateError):
 
 class RateLimited(TollgateError):
     code = "too_many_attempts"
+
+
+# --- credits (the ledger) ---------------------------------------------------------------------------------------
+class InsufficientCredits(TollgateError):
+    """Not enough spendable credits; `details` carry the balance and what was asked."""
+
+    code = "insufficient_credits"
+
+
+class IdempotencyConflict(Conflict):
+    """The idempotency key was already used for a different request."""
+
+    code = "idempotency_conflict"
+
+
+class UnknownOperation(ValidationFailed):
+    """No cost is configured for the operation."""
+
+    code = "unknown_operation"
+
+
+class HoldNotFound(NotFound):
+    code = "hold_not_found"
+
+
+class HoldNotActive(Conflict):
+    """The hold was already captured, released or expired."""
+
+    code = "hold_not_active"
+
+
+class RefundExceedsCharge(Conflict):
+    """Refunds of one charge would exceed what it charged, in total."""
+
+    code = "refund_exceeds_charge"
+
+
+class TransactionNotFound(NotFound):
+    code = "transaction_not_found"
+
+
+class NotRefundable(Conflict):
+    """Only charges (usage, captures, negative adjustments) can be refunded."""
+
+    code = "not_refundable"
+
+
+class BonusAutoUseLocked(Forbidden):
+    """The deployment does not let users choose whether purchased credits are used automatically."""
+
+    code = "bonus_auto_use_locked"
+
+
+# --- auth (issue 4) -----------------------------------------------------------------------------------------
+class InvalidCredentials(Unauthenticated):
+    code = "invalid_credentials"
+
+
+class InvalidRefreshToken(Unauthenticated):
+    code = "invalid_refresh_token"
+
+
+class RefreshTokenReused(Unauthenticated):
+    """A rotated refresh token came back: the whole session was revoked."""
+
+    code = "refresh_token_reused"
+
+
+class InvalidTwoFactorCode(Unauthenticated):
+    code = "invalid_code"
+
+
+class InvalidToken(BadRequest):
+    """A mailed link's token (verification, reset) is unknown, used or expired."""
+
+    code = "invalid_token"
+
+
+class EmailNotVerified(Forbidden):
+    code = "email_not_verified"
+
+
+class AccountDisabled(Forbidden):
+    """Suspended, locked or deleted: no sign-in, no tokens, no keys."""
+
+    code = "account_disabled"
+
+
+class BuiltinAuthDisabled(Forbidden):
+    """AUTH_MODE=clerk: Clerk signs users in; the built-in credential routes are off."""
+
+    code = "builtin_auth_disabled"
+
+
+class WeakPassword(ValidationFailed):
+    code = "weak_password"
+
+
+class UsernameTaken(Conflict):
+    code = "username_taken"
+
+
+class PasswordNotSet(Conflict):
+    code = "password_not_set"
+
+
+class TwoFactorStateConflict(Conflict):
+    code = "two_factor_state"
+
+
+class OAuthFailed(BadRequest):
+    code = "oauth_failed"
+
+
+# --- knowledge base (issue 7) -----------------------------------------------------------------------------------
+class EmbeddingUnavailable(DependencyUnavailable):
+    """The embedding provider (local model, Bedrock, OpenAI) failed or cannot be reached."""
+
+    code = "embedding_unavailable"
+
+
+class LlmUnavailable(DependencyUnavailable):
+    """The answering model (Bedrock Converse, OpenAI chat) failed or cannot be reached; nothing was charged."""
+
+    code = "llm_unavailable"
+
+
+class ChunkNotFound(NotFound):
+    code = "chunk_not_found"
+
+
+class ConversationNotFound(NotFound):
+    code = "conversation_not_found"
+
+
+class AskRateLimited(RateLimited):
+    """Too many asks in the current window for the caller's tier; `details` say when to retry."""
+
+    code = "rate_limited"
+
+
+class EmptyDocument(ValidationFailed):
+    """A document produced no chunk to store (blank markdown, or only headings)."""
+
+    code = "empty_document"
+
+
+# --- payments (issue 5) -----------------------------------------------------------------------------------------
+class InvalidSignature(BadRequest):
+    """A webhook whose signature is missing, wrong or outside the time tolerance: nothing was stored."""
+
+    code = "invalid_signature"
+
+
+class WebhookProcessingFailed(TollgateError):
+    """Applying a verified webhook failed; everything it did was rolled back and the provider should retry (5xx)."""
+
+    code = "webhook_processing_failed"
+
+
+class WebhookEventNotFound(NotFound):
+    code = "webhook_event_not_found"
+
+
+class BillingItemNotFound(NotFound):
+    """The pack or plan asked for at checkout does not exist, is inactive, or is not sold through that provider."""
+
+    code = "item_not_found"
+
+
+class ProviderNotConfigured(Conflict):
+    """The payment provider asked for is not set up in this deployment (no API key, store or price)."""
+
+    code = "provider_not_configured"
+
+
+class NoBillingAccount(NotFound):
+    """The caller has no customer record at the provider yet (nothing bought), so there is no portal to open."""
+
+    code = "no_billing_account"
+
+
+class AlreadySubscribed(Conflict):
+    """The caller already has a live subscription: plan changes go through the provider's portal."""
+
+    code = "already_subscribed"
+
+
+class PaymentProviderError(DependencyUnavailable):
+    """The payment provider's API refused or failed a request."""
+
+    code = "payment_provider_error"

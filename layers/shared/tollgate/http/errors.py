@@ -18,6 +18,7 @@ STATUS_BY_ERROR: dict[type[errors.TollgateError], HTTPStatus] = {
     errors.ValidationFailed: HTTPStatus.UNPROCESSABLE_ENTITY,
     errors.Unauthenticated: HTTPStatus.UNAUTHORIZED,
     errors.Forbidden: HTTPStatus.FORBIDDEN,
+    errors.InsufficientCredits: HTTPStatus.PAYMENT_REQUIRED,
     errors.NotFound: HTTPStatus.NOT_FOUND,
     errors.Conflict: HTTPStatus.CONFLICT,
     errors.RateLimited: HTTPStatus.TOO_MANY_REQUESTS,

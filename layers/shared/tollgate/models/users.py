@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, CheckConstraint, Index, Integer, String, Text, func, text
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, Index, Integer, String, Text, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tollgate.db.base import Base, CreatedAt, UpdatedAt, UUIDPk
@@ -31,6 +31,7 @@ class User(Base):
         CheckConstraint("role IN ('USER', 'SUPPORT', 'ADMIN')", name="role"),
         CheckConstraint("status IN ('ACTIVE', 'SUSPENDED', 'LOCKED')", name="status"),
         CheckConstraint("downgrade_count >= 0", name="downgrade_count"),
+        CheckConstraint("two_factor_method IN ('email', 'totp')", name="two_factor_method"),
     )
 
     id: Mapped[UUIDPk]
@@ -41,10 +42,15 @@ class User(Base):
     image: Mapped[str | None] = mapped_column(Text)
     password_hash: Mapped[str | None] = mapped_column(Text)
     role: Mapped[str] = mapped_column(String(16), default=UserRole.USER, server_default=UserRole.USER.value)
-    status: Mapped[str] = mapped_column(
-        String(16), default=UserStatus.ACTIVE, server_default=UserStatus.ACTIVE.value
-    )
+    status: Mapped[str] = mapped_column(String(16), default=UserStatus.ACTIVE, server_default=UserStatus.ACTIVE.value)
     two_factor_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # 'email' (a mailed code) or 'totp' while two_factor_enabled; added by 0003_auth.
+    two_factor_method: Mapped[str | None] = mapped_column(String(8))
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_pending_secret: Mapped[str | None] = mapped_column(String(64))
+    # The last TOTP time step accepted: a code is never accepted twice.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    password_changed_at: Mapped[datetime | None]
     clerk_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     lemonsqueezy_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)

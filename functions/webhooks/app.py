@@ -1,0 +1,262 @@
+"""Billing and provider webhooks: checkout, the customer portal, subscription/purchase/invoice history, the
+Stripe / Lemon Squeezy / Clerk webhook receivers (public, signature-checked), and the admin replay of a stored
+event. Each route validates its input, calls one service function and returns a typed response."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, Field, HttpUrl
+
+from tollgate.db import UnitOfWork
+from tollgate.errors import BadRequest, ValidationFailed
+from tollgate.http.api import create_app, current_principal
+from tollgate.models.payments import Invoice, Purchase
+from tollgate.observability import logger, metrics, tracer
+from tollgate.services import billing, webhooks
+
+app = create_app("webhooks")
+
+Cursor = Annotated[str | None, Query(max_length=512)]
+Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+# --- bodies and answers ----------------------------------------------------------------------------------------
+class CheckoutIn(BaseModel):
+    provider: Literal["stripe", "lemonsqueezy"]
+    kind: Literal["pack", "plan"]
+    item_id: uuid.UUID
+    success_url: HttpUrl
+    cancel_url: HttpUrl
+    interval: Literal["month", "year"] = "month"
+
+
+class CheckoutOut(BaseModel):
+    url: str
+    provider: str
+    session_id: str
+
+
+class PortalIn(BaseModel):
+    return_url: HttpUrl | None = None
+    provider: Literal["stripe", "lemonsqueezy"] | None = None
+
+
+class UrlOut(BaseModel):
+    url: str
+
+
+class SubscriptionOut(BaseModel):
+    id: uuid.UUID
+    provider: str
+    status: str
+    plan: str | None = Field(description="the plan's tier, e.g. PRO")
+    plan_id: uuid.UUID | None
+    plan_name: str | None
+    interval: str | None
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    canceled_at: datetime | None
+    trial_end: datetime | None
+    quantity: int
+
+
+class PurchaseOut(BaseModel):
+    id: uuid.UUID
+    provider: str
+    order_id: str
+    item_kind: str
+    item_id: uuid.UUID | None
+    package_name: str | None
+    credits: Decimal
+    amount: Decimal
+    currency: str
+    status: str
+    refunded_amount: Decimal
+    credits_clawed_back: Decimal
+    expires_at: datetime | None
+    paid_at: datetime | None
+    created_at: datetime
+
+
+class InvoiceOut(BaseModel):
+    id: uuid.UUID
+    provider: str
+    invoice_id: str
+    number: str | None
+    status: str
+    amount_due: Decimal
+    amount_paid: Decimal
+    currency: str
+    period_start: datetime | None
+    period_end: datetime | None
+    credits_granted: Decimal
+    refunded_amount: Decimal
+    hosted_invoice_url: str | None
+    paid_at: datetime | None
+    created_at: datetime
+
+
+class PurchasePage(BaseModel):
+    items: list[PurchaseOut]
+    next_cursor: str | None
+
+
+class InvoicePage(BaseModel):
+    items: list[InvoiceOut]
+    next_cursor: str | None
+
+
+class WebhookOut(BaseModel):
+    received: bool
+    id: uuid.UUID
+    event_id: str
+    type: str
+    status: str
+    duplicate: bool
+
+
+class ReplayOut(WebhookOut):
+    detail: dict[str, Any]
+
+
+# --- edge helpers ----------------------------------------------------------------------------------------------
+def _idempotency_key() -> str | None:
+    key = app.current_event.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not all(32 <= ord(ch) < 127 for ch in key):
+        raise ValidationFailed(
+            "Idempotency-Key must be 1-255 printable ASCII characters", details={"header": "Idempotency-Key"}
+        )
+    return key
+
+
+def _raw_body() -> bytes:
+    event = app.current_event.raw_event
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        try:
+            return base64.b64decode(body, validate=True)
+        except ValueError:
+            raise BadRequest("the body is not valid base64") from None
+    return str(body).encode("utf-8")
+
+
+def _receive(provider: str) -> WebhookOut:
+    receipt = webhooks.receive_webhook(provider, _raw_body(), dict(app.current_event.headers))
+    return WebhookOut(
+        received=True,
+        id=receipt.id,
+        event_id=receipt.event_id,
+        type=receipt.type,
+        status=receipt.status,
+        duplicate=receipt.duplicate,
+    )
+
+
+def _purchase_out(p: Purchase) -> PurchaseOut:
+    return PurchaseOut(
+        id=p.id, provider=p.provider, order_id=p.provider_order_id, item_kind=p.item_kind, item_id=p.item_id,
+        package_name=p.package_name, credits=p.credits, amount=p.amount, currency=p.currency, status=p.status,
+        refunded_amount=p.refunded_amount, credits_clawed_back=p.credits_clawed_back, expires_at=p.expires_at,
+        paid_at=p.paid_at, created_at=p.created_at,
+    )  # fmt: skip
+
+
+def _invoice_out(i: Invoice) -> InvoiceOut:
+    return InvoiceOut(
+        id=i.id, provider=i.provider, invoice_id=i.provider_invoice_id, number=i.number, status=i.status,
+        amount_due=i.amount_due, amount_paid=i.amount_paid, currency=i.currency, period_start=i.period_start,
+        period_end=i.period_end, credits_granted=i.credits_granted, refunded_amount=i.refunded_amount,
+        hosted_invoice_url=i.hosted_invoice_url, paid_at=i.paid_at, created_at=i.created_at,
+    )  # fmt: skip
+
+
+# --- billing (user) --------------------------------------------------------------------------------------------
+@app.post("/billing/checkout", summary="Start a Stripe or Lemon Squeezy checkout for a pack or a plan")
+def checkout(body: CheckoutIn) -> CheckoutOut:
+    result = billing.create_checkout(
+        UnitOfWork(), current_principal(app).user_id, provider=body.provider, kind=body.kind, item_id=body.item_id,
+        success_url=str(body.success_url), cancel_url=str(body.cancel_url), interval=body.interval,
+        idempotency_key=_idempotency_key(),
+    )  # fmt: skip
+    return CheckoutOut(url=result.url, provider=result.provider, session_id=result.session_id)
+
+
+@app.post("/billing/portal", summary="The provider's customer portal")
+def portal(body: PortalIn | None = None) -> UrlOut:
+    body = body or PortalIn()
+    return_url = str(body.return_url) if body.return_url else None
+    url = billing.create_portal(
+        UnitOfWork(), current_principal(app).user_id, return_url=return_url, provider=body.provider
+    )
+    return UrlOut(url=url)
+
+
+@app.get("/billing/subscription", summary="The current subscription, or null")
+def subscription() -> SubscriptionOut | None:
+    found = billing.current_subscription(UnitOfWork(), current_principal(app).user_id)
+    if found is None:
+        return None
+    sub, plan = found
+    return SubscriptionOut(
+        id=sub.id, provider=sub.provider, status=sub.status, plan=sub.tier, plan_id=sub.plan_id,
+        plan_name=plan.name if plan else None, interval=sub.interval, current_period_start=sub.current_period_start,
+        current_period_end=sub.current_period_end, cancel_at_period_end=sub.cancel_at_period_end,
+        canceled_at=sub.canceled_at, trial_end=sub.trial_end, quantity=sub.quantity,
+    )  # fmt: skip
+
+
+@app.get("/billing/purchases", summary="The caller's one-time purchases, newest first")
+def purchases(cursor: Cursor = None, limit: Limit = 20) -> PurchasePage:
+    page = billing.list_purchases(UnitOfWork(), current_principal(app).user_id, cursor=cursor, limit=limit)
+    return PurchasePage(items=[_purchase_out(p) for p in page.items], next_cursor=page.next_cursor)
+
+
+@app.get("/billing/invoices", summary="The caller's subscription invoices, newest first")
+def invoices(cursor: Cursor = None, limit: Limit = 20) -> InvoicePage:
+    page = billing.list_invoices(UnitOfWork(), current_principal(app).user_id, cursor=cursor, limit=limit)
+    return InvoicePage(items=[_invoice_out(i) for i in page.items], next_cursor=page.next_cursor)
+
+
+# --- webhooks (public: the signature is the authentication) ----------------------------------------------------
+@app.post("/webhooks/stripe", summary="Stripe events (Stripe-Signature)")
+def stripe_webhook() -> WebhookOut:
+    return _receive("stripe")
+
+
+@app.post("/webhooks/lemonsqueezy", summary="Lemon Squeezy events (X-Signature)")
+def lemonsqueezy_webhook() -> WebhookOut:
+    return _receive("lemonsqueezy")
+
+
+@app.post("/webhooks/clerk", summary="Clerk events (Svix headers)")
+def clerk_webhook() -> WebhookOut:
+    return _receive("clerk")
+
+
+# --- admin -----------------------------------------------------------------------------------------------------
+@app.post("/admin/webhooks/<event_id>/replay", summary="Re-apply a stored webhook event")
+def replay(event_id: str) -> ReplayOut:
+    principal = current_principal(app)
+    receipt = webhooks.replay_event(event_id, actor_id=principal.user_id, actor_role=principal.role)
+    return ReplayOut(
+        received=True, id=receipt.id, event_id=receipt.event_id, type=receipt.type, status=receipt.status,
+        duplicate=receipt.duplicate, detail=receipt.detail,
+    )  # fmt: skip
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,58 @@
+"""Jobs about accounts: trials that ended without a paid plan."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from tollgate.jobs.periods import hourly
+from tollgate.jobs.runner import BatchJob
+from tollgate.payments.handling import ENTITLED
+
+
+def has_entitling_subscription(user_column: str) -> str:
+    """SQL: the user has a subscription that entitles them to its plan now (the payments rules' own list of
+    statuses per provider, e.g. a cancelled Lemon Squeezy plan runs to the end of its paid period)."""
+    per_provider = " OR ".join(
+        f"(sub.provider = '{provider}' AND sub.status IN ({', '.join(repr(s) for s in sorted(statuses))}))"
+        for provider, statuses in sorted(ENTITLED.items())
+    )
+    return f"EXISTS (SELECT 1 FROM subscriptions sub WHERE sub.user_id = {user_column} AND ({per_provider}))"
+
+
+class TrialExpiry(BatchJob):
+    """Seed 001's trials: when `trial_ends_at` has passed and the user has no live subscription, the account is
+    locked (status LOCKED, back on the FREE tier, the trial marked used). A payment unlocks it again
+    (`tollgate.services.accounts.unlock_after_payment`)."""
+
+    name = "TrialExpiry"
+
+    def period_key(self, now: datetime) -> str:
+        return hourly(now)
+
+    def fetch(self, session: Session, now: datetime, cursor: str | None, limit: int) -> Sequence[Any]:
+        return session.execute(
+            text(
+                "SELECT u.id FROM users u WHERE u.trial_ends_at <= :now AND u.status = 'ACTIVE' "
+                "AND u.deleted_at IS NULL AND (CAST(:cursor AS uuid) IS NULL OR u.id > CAST(:cursor AS uuid)) "
+                f"AND NOT {has_entitling_subscription('u.id')} ORDER BY u.id LIMIT :limit"
+            ),
+            {"now": now, "cursor": cursor, "limit": limit},
+        ).all()
+
+    def process(self, session: Session, now: datetime, items: Sequence[Any]) -> Mapping[str, int]:
+        locked = session.execute(
+            text(
+                "UPDATE users SET status = 'LOCKED', tier = 'FREE', trial_used = true, updated_at = :now "
+                "WHERE id = ANY(:ids) AND status = 'ACTIVE'"
+            ),
+            {"ids": [item.id for item in items], "now": now},
+        ).rowcount  # type: ignore[attr-defined]
+        return {"accounts_locked": locked}
+
+    def cursor_of(self, item: Any) -> str:
+        return str(item.id)

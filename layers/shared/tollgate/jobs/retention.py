@@ -1,0 +1,129 @@
+"""Retention: data past its keeping period leaves the database, a bounded batch at a time.
+
+What goes, and when (days are settings; see README "Scheduled jobs"):
+- email logs older than `EMAIL_LOG_RETENTION_DAYS` (GDPR: recipients are personal data);
+- verification, reset and 2FA tokens, 2FA confirmations and OAuth states, a grace period after they were
+  used or expired (`TOKEN_RETENTION_DAYS`); sign-in throttle rows whose window and block are long over;
+- sessions `SESSION_RETENTION_DAYS` after they expired or were revoked;
+- webhook payloads `WEBHOOK_PAYLOAD_RETENTION_DAYS` after processing: the row stays (its provider and event id
+  are what make a late duplicate delivery a no-op), only the payload goes;
+- AI messages and usage rows past `AI_MESSAGE_RETENTION_DAYS` / `AI_USAGE_RETENTION_DAYS`, and conversations left
+  without messages;
+- the scheduled jobs' own cursors after `JOB_CURSOR_RETENTION_DAYS`.
+The ledger is never touched: credit_transactions is kept forever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from tollgate.config import Settings, get_settings
+from tollgate.jobs.periods import daily
+from tollgate.jobs.runner import Step
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    name: str
+    sql: str  # removes at most :limit rows older than :cutoff; its rowcount is what it removed
+    days: int
+
+
+def _delete(table: str, condition: str, key: str = "id") -> str:
+    return (
+        f"DELETE FROM {table} WHERE {key} IN "  # identifiers are this module's constants
+        f"(SELECT {key} FROM {table} WHERE {condition} LIMIT :limit)"
+    )
+
+
+def sweeps(settings: Settings) -> tuple[Sweep, ...]:
+    token_days = settings.token_retention_days
+    return (
+        Sweep("email_logs", _delete("email_logs", "created_at < :cutoff"), settings.email_log_retention_days),
+        Sweep(
+            "verification_tokens",
+            _delete("verification_tokens", "coalesce(used_at, expires_at) < :cutoff OR expires_at < :cutoff"),
+            token_days,
+        ),
+        Sweep(
+            "password_reset_tokens",
+            _delete("password_reset_tokens", "coalesce(used_at, expires_at) < :cutoff OR expires_at < :cutoff"),
+            token_days,
+        ),
+        Sweep(
+            "two_factor_tokens",
+            _delete("two_factor_tokens", "coalesce(used_at, expires_at) < :cutoff OR expires_at < :cutoff"),
+            token_days,
+        ),
+        Sweep("two_factor_confirmations", _delete("two_factor_confirmations", "expires_at < :cutoff"), token_days),
+        Sweep("oauth_states", _delete("oauth_states", "expires_at < :cutoff"), token_days),
+        Sweep(
+            "auth_throttles",
+            "DELETE FROM auth_throttles WHERE (scope, key) IN (SELECT scope, key FROM auth_throttles "
+            "WHERE updated_at < :cutoff AND coalesce(blocked_until, updated_at) < :cutoff LIMIT :limit)",
+            token_days,
+        ),
+        Sweep(
+            "sessions",
+            _delete("sessions", "expires_at < :cutoff OR revoked_at < :cutoff"),
+            settings.session_retention_days,
+        ),
+        Sweep(
+            "webhook_payloads",
+            "UPDATE webhook_events SET payload = NULL WHERE id IN (SELECT id FROM webhook_events "
+            "WHERE payload IS NOT NULL AND status IN ('processed', 'ignored', 'rejected') "
+            "AND coalesce(processed_at, received_at) < :cutoff LIMIT :limit)",
+            settings.webhook_payload_retention_days,
+        ),
+        Sweep("ai_messages", _delete("ai_messages", "created_at < :cutoff"), settings.ai_message_retention_days),
+        Sweep(
+            "ai_conversations",
+            _delete(
+                "ai_conversations",
+                "updated_at < :cutoff AND NOT EXISTS "
+                "(SELECT 1 FROM ai_messages m WHERE m.conversation_id = ai_conversations.id)",
+            ),
+            settings.ai_message_retention_days,
+        ),
+        Sweep("ai_usage", _delete("ai_usage", "created_at < :cutoff"), settings.ai_usage_retention_days),
+        Sweep(
+            "job_cursors",
+            "DELETE FROM job_cursors WHERE (job_name, period_key) IN (SELECT job_name, period_key FROM job_cursors "
+            "WHERE completed_at < :cutoff LIMIT :limit)",
+            settings.job_cursor_retention_days,
+        ),
+    )
+
+
+class Retention:
+    """Works through the sweeps in order; the cursor names the sweep in progress."""
+
+    name = "Retention"
+
+    def __init__(self, settings: Settings | None = None, batch_size: int = 1000) -> None:
+        self.sweeps = sweeps(settings or get_settings())
+        self.batch_size = batch_size
+
+    def period_key(self, now: datetime) -> str:
+        return daily(now)
+
+    def step(self, session: Session, now: datetime, cursor: str | None) -> Step:
+        names = [s.name for s in self.sweeps]
+        index = names.index(cursor) if cursor in names else 0
+        sweep = self.sweeps[index]
+        removed = session.execute(
+            text(sweep.sql), {"cutoff": now - timedelta(days=sweep.days), "limit": self.batch_size}
+        ).rowcount  # type: ignore[attr-defined]
+        if removed < self.batch_size:  # this sweep is finished: the next step starts the next one
+            index += 1
+        done = index >= len(self.sweeps)
+        return Step(
+            cursor=None if done else self.sweeps[index].name,
+            processed=removed,
+            counts={sweep.name: removed} if removed else {},
+            done=done,
+        )

@@ -1,0 +1,311 @@
+"""Thin adapters over the providers' HTTP APIs. Services call them through these small interfaces, so tests
+can run them against local stand-ins that speak the same wire format (STRIPE_API_BASE, LEMONSQUEEZY_API_BASE).
+
+Stripe goes through the official `stripe` library; Lemon Squeezy's JSON:API through stdlib `urllib`. Both are
+imported lazily: only the calls that reach a provider pay for them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Protocol
+
+from tollgate.config import Settings, get_settings
+from tollgate.errors import IdempotencyConflict, PaymentProviderError, ProviderNotConfigured
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutRequest:
+    user_id: str
+    email: str
+    kind: str  # pack | plan
+    item_id: str
+    name: str
+    success_url: str
+    cancel_url: str
+    # Stripe: a price id, or else an inline one-time price from amount/currency. Lemon Squeezy: the variant id.
+    price_ref: str | None
+    unit_amount_minor: int
+    currency: str
+    customer_id: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutSession:
+    id: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a provider list call: its items (plain dicts, newest first) and whether more follow."""
+
+    items: list[dict[str, Any]]
+    has_more: bool
+
+
+class StripeGateway(Protocol):
+    def create_checkout(self, request: CheckoutRequest) -> CheckoutSession: ...
+
+    def create_portal(self, customer_id: str, return_url: str) -> str: ...
+
+    def checkout_price_ids(self, session_id: str) -> list[str]: ...
+
+
+class LemonSqueezyGateway(Protocol):
+    def create_checkout(self, request: CheckoutRequest) -> CheckoutSession: ...
+
+
+def checkout_metadata(request: CheckoutRequest) -> dict[str, str]:
+    """What every checkout carries back in its webhooks (API.md): the buyer and the item."""
+    return {"user_id": request.user_id, "kind": request.kind, "item_id": request.item_id}
+
+
+class StripeAdapter:
+    def __init__(self, settings: Settings) -> None:
+        if settings.stripe_secret_key is None or not settings.stripe_secret_key.get_secret_value():
+            raise ProviderNotConfigured("Stripe is not configured (STRIPE_SECRET_KEY)", details={"provider": "stripe"})
+        import stripe
+
+        self._stripe = stripe
+        self._client = stripe.StripeClient(
+            settings.stripe_secret_key.get_secret_value(),
+            base_addresses={"api": settings.stripe_api_base.rstrip("/")},
+            max_network_retries=1,
+            http_client=stripe.RequestsClient(timeout=settings.provider_timeout_seconds),
+        )
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._stripe.IdempotencyError as exc:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was already used for a different checkout", details={"provider": "stripe"}
+            ) from exc
+        except self._stripe.StripeError as exc:
+            raise PaymentProviderError(
+                f"Stripe refused to {what}",
+                details={"provider": "stripe", "status": getattr(exc, "http_status", None), "error": exc.user_message},
+            ) from exc
+
+    def create_checkout(self, request: CheckoutRequest) -> CheckoutSession:
+        metadata = checkout_metadata(request)
+        if request.price_ref:
+            line_item: dict[str, Any] = {"price": request.price_ref, "quantity": 1}
+        else:
+            line_item = {
+                "quantity": 1,
+                "price_data": {
+                    "currency": request.currency,
+                    "unit_amount": request.unit_amount_minor,
+                    "product_data": {"name": request.name},
+                },
+            }
+        params: dict[str, Any] = {
+            "mode": "subscription" if request.kind == "plan" else "payment",
+            "line_items": [line_item],
+            "success_url": request.success_url,
+            "cancel_url": request.cancel_url,
+            "client_reference_id": request.user_id,
+            "metadata": metadata,
+        }
+        if request.kind == "plan":
+            params["subscription_data"] = {"metadata": metadata}
+        else:
+            params["payment_intent_data"] = {"metadata": metadata}
+        if request.customer_id:
+            params["customer"] = request.customer_id
+        else:
+            params["customer_email"] = request.email
+            if request.kind == "pack":
+                params["customer_creation"] = "always"
+        options: dict[str, Any] = {}
+        if request.idempotency_key:
+            options["idempotency_key"] = request.idempotency_key
+        session = self._call(
+            "create a checkout session", self._client.v1.checkout.sessions.create, params=params, options=options
+        )
+        return CheckoutSession(id=str(session["id"]), url=str(session["url"]))
+
+    def create_portal(self, customer_id: str, return_url: str) -> str:
+        portal = self._call(
+            "open a billing portal",
+            self._client.v1.billing_portal.sessions.create,
+            params={"customer": customer_id, "return_url": return_url},
+        )
+        return str(portal["url"])
+
+    def checkout_price_ids(self, session_id: str) -> list[str]:
+        items = self._call(
+            "list the session's line items", self._client.v1.checkout.sessions.line_items.list, session_id
+        )
+        data = items.to_dict().get("data") or []
+        return [str(item["price"]["id"]) for item in data if isinstance(item.get("price"), dict)]
+
+    def failed_events(self, created_gte: int, starting_after: str | None, limit: int) -> Page:
+        """`GET /v1/events?delivery_success=false&created[gte]=...`: events (newest first) whose delivery to
+        at least one webhook endpoint failed; `starting_after` pages on to older ones."""
+        params: dict[str, Any] = {"delivery_success": False, "created": {"gte": created_gte}, "limit": limit}
+        if starting_after:
+            params["starting_after"] = starting_after
+        listed = self._call("list undelivered events", self._client.v1.events.list, params=params)
+        # The events exactly as Stripe sent them: the library's objects turn `*_decimal` strings into Decimals.
+        response = getattr(listed, "last_response", None)
+        body = json.loads(response.body) if response is not None and response.body else listed.to_dict()
+        data = body.get("data") or []
+        return Page(items=[item for item in data if isinstance(item, dict)], has_more=bool(body.get("has_more")))
+
+
+class LemonSqueezyAdapter:
+    def __init__(self, settings: Settings) -> None:
+        key = settings.lemonsqueezy_api_key.get_secret_value() if settings.lemonsqueezy_api_key else ""
+        if not key or not settings.lemonsqueezy_store_id:
+            raise ProviderNotConfigured(
+                "Lemon Squeezy is not configured (LEMONSQUEEZY_API_KEY, LEMONSQUEEZY_STORE_ID)",
+                details={"provider": "lemonsqueezy"},
+            )
+        self._key = key
+        self._store_id = settings.lemonsqueezy_store_id
+        self._base = settings.lemonsqueezy_api_base.rstrip("/")
+        self._timeout = settings.provider_timeout_seconds
+        self._test_mode = not settings.payments_live_mode
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(  # noqa: S310 - the base URL is configuration, https in production
+            self._base + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={
+                "Accept": "application/vnd.api+json",
+                "Content-Type": "application/vnd.api+json",
+                "Authorization": f"Bearer {self._key}",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+                answer: dict[str, Any] = json.loads(response.read())
+                return answer
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:500].decode("utf-8", "replace")
+            raise PaymentProviderError(
+                "Lemon Squeezy refused the request",
+                details={"provider": "lemonsqueezy", "status": exc.code, "error": detail},
+            ) from exc
+        except (urllib.error.URLError, TimeoutError, ValueError) as exc:
+            raise PaymentProviderError(
+                "Lemon Squeezy cannot be reached", details={"provider": "lemonsqueezy", "error": type(exc).__name__}
+            ) from exc
+
+    def _get(self, path: str, query: dict[str, str]) -> dict[str, Any]:
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        request = urllib.request.Request(  # noqa: S310 - the base URL is configuration, https in production
+            f"{self._base}{path}?{urllib.parse.urlencode(query)}",
+            method="GET",
+            headers={
+                "Accept": "application/vnd.api+json",
+                "Content-Type": "application/vnd.api+json",
+                "Authorization": f"Bearer {self._key}",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:500].decode("utf-8", "replace")
+            raise PaymentProviderError(
+                "Lemon Squeezy refused the request",
+                details={"provider": "lemonsqueezy", "status": exc.code, "error": detail},
+            ) from exc
+        except (urllib.error.URLError, TimeoutError, ValueError) as exc:
+            raise PaymentProviderError(
+                "Lemon Squeezy cannot be reached", details={"provider": "lemonsqueezy", "error": type(exc).__name__}
+            ) from exc
+        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+            raise PaymentProviderError(
+                "Lemon Squeezy answered without a list of resources", details={"provider": "lemonsqueezy"}
+            )
+        return answer
+
+    def list_resources(self, resource: str, page: int, size: int) -> Page:
+        """`GET /v1/{orders|subscriptions|subscription-invoices}?filter[store_id]=...` (JSON:API, newest first by
+        `created_at`),
+        page `page` (from 1) of `size` items."""
+        if resource not in {"orders", "subscriptions", "subscription-invoices"}:
+            raise ValueError(f"unknown Lemon Squeezy resource {resource!r}")
+        answer = self._get(
+            f"/v1/{resource}",
+            {"filter[store_id]": str(self._store_id), "page[number]": str(page), "page[size]": str(size)},
+        )
+        items = [item for item in answer["data"] if isinstance(item, dict)]
+        meta = ((answer.get("meta") or {}).get("page")) or {}
+        last = meta.get("lastPage")
+        has_more = page < int(last) if isinstance(last, int | str) and str(last).isdigit() else len(items) >= size
+        return Page(items=items, has_more=has_more)
+
+    def create_checkout(self, request: CheckoutRequest) -> CheckoutSession:
+        if not request.price_ref:
+            raise ProviderNotConfigured(
+                "this item has no Lemon Squeezy variant",
+                details={"provider": "lemonsqueezy", "item_id": request.item_id},
+            )
+        body = {
+            "data": {
+                "type": "checkouts",
+                "attributes": {
+                    "checkout_data": {"email": request.email, "custom": checkout_metadata(request)},
+                    "product_options": {"redirect_url": request.success_url},
+                    "test_mode": self._test_mode,
+                },
+                "relationships": {
+                    "store": {"data": {"type": "stores", "id": str(self._store_id)}},
+                    "variant": {"data": {"type": "variants", "id": str(request.price_ref)}},
+                },
+            }
+        }
+        answer = self._post("/v1/checkouts", body)
+        try:
+            data = answer["data"]
+            return CheckoutSession(id=str(data["id"]), url=str(data["attributes"]["url"]))
+        except (KeyError, TypeError) as exc:
+            raise PaymentProviderError(
+                "Lemon Squeezy answered without a checkout URL", details={"provider": "lemonsqueezy"}
+            ) from exc
+
+
+@lru_cache(maxsize=1)
+def _stripe_for(key: str, base: str) -> StripeAdapter:
+    return StripeAdapter(get_settings())
+
+
+def stripe_gateway() -> StripeGateway:
+    settings = get_settings()
+    key = settings.stripe_secret_key.get_secret_value() if settings.stripe_secret_key else ""
+    return _stripe_for(key, settings.stripe_api_base)
+
+
+def stripe_api_configured() -> bool:
+    settings = get_settings()
+    return bool(settings.stripe_secret_key and settings.stripe_secret_key.get_secret_value())
+
+
+def lemonsqueezy_gateway() -> LemonSqueezyGateway:
+    return LemonSqueezyAdapter(get_settings())
+
+
+def stripe_events_source() -> StripeAdapter:
+    """The Stripe adapter for reconciliation's list calls (ProviderNotConfigured without a secret key)."""
+    return StripeAdapter(get_settings())
+
+
+def lemonsqueezy_source() -> LemonSqueezyAdapter:
+    """The Lemon Squeezy adapter for reconciliation's list calls (ProviderNotConfigured without key/store)."""
+    return LemonSqueezyAdapter(get_settings())

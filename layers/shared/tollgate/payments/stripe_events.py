@@ -1,0 +1,563 @@
+"""Stripe events -> purchases, subscriptions, invoices, refunds, the catalogue mirror and ledger grants.
+
+Accepts both the classic payload shapes (API 2020-08-27, as in tests/fixtures/providers/stripe) and the newer
+ones (periods on subscription items, `invoice.parent.subscription_details`, invoice payments).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import or_, select
+
+from tollgate.db.base import new_id
+from tollgate.models.payments import Invoice, PaymentMethod, Price, Product, Purchase, Refund
+from tollgate.models.users import User
+from tollgate.payments import adapters
+from tollgate.payments.handling import (
+    Ctx,
+    NotYetApplicable,
+    Outcome,
+    SubscriptionState,
+    apply_subscription,
+    grant_invoice_allowance,
+    grant_purchase,
+    invoice_for_update,
+    link_customer,
+    notify_payment_failed,
+    pack_by_id,
+    plan_by_price,
+    reverse_credits,
+    subscription_for_update,
+    user_by_customer,
+    user_by_id,
+)
+from tollgate.payments.money import to_major, to_minor
+from tollgate.payments.signatures import parse_time
+
+PROVIDER = "stripe"
+Handler = Callable[[Ctx, dict[str, Any], dict[str, Any]], Outcome]
+
+
+def _id(value: Any) -> str | None:
+    """Stripe fields are ids or, when expanded, objects with an id."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return str(value) if value else None
+
+
+def _meta(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+# --- checkout ------------------------------------------------------------------------------------------------------
+def _buyer(ctx: Ctx, obj: dict[str, Any]) -> User | None:
+    meta = _meta(obj)
+    user = user_by_id(ctx.session, meta.get("user_id") or obj.get("client_reference_id"))
+    return user or user_by_customer(ctx.session, PROVIDER, _id(obj.get("customer")))
+
+
+def checkout_completed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    session_id = str(obj.get("id"))
+    user = _buyer(ctx, obj)
+    if user is None:
+        return Outcome.rejected("no Tollgate user matches this checkout", session=session_id)
+    link_customer(ctx.session, user, PROVIDER, _id(obj.get("customer")))
+    mode = obj.get("mode")
+    meta = _meta(obj)
+    if mode == "subscription":
+        sub_id = _id(obj.get("subscription"))
+        if not sub_id:
+            return Outcome.rejected("a subscription checkout without a subscription", session=session_id)
+        sub = subscription_for_update(ctx.session, PROVIDER, sub_id)
+        if sub is None:
+            # Record it now; customer.subscription.* events bring its status and periods (never backwards).
+            state = SubscriptionState(sub_id, status="incomplete", customer_id=_id(obj.get("customer")), metadata=meta)
+            original, ctx.provider_time = ctx.provider_time, None
+            try:
+                apply_subscription(ctx, user, state)
+            finally:
+                ctx.provider_time = original
+        return Outcome.done(subscription=sub_id, user_id=str(user.id))
+    if mode != "payment":
+        return Outcome.ignored(f"checkout mode {mode!r} moves no credits")
+    if meta.get("kind", "pack") != "pack":
+        return Outcome.rejected("a payment checkout for something other than a pack", session=session_id)
+    return _pack_checkout(ctx, obj, user)
+
+
+def _pack_checkout(ctx: Ctx, obj: dict[str, Any], user: User) -> Outcome:
+    session_id = str(obj.get("id"))
+    existing = ctx.session.execute(
+        select(Purchase)
+        .where(Purchase.provider == PROVIDER, Purchase.provider_order_id == session_id)
+        .with_for_update()
+    ).scalar_one_or_none()
+    if existing is not None and existing.status != "pending":
+        return Outcome.done(purchase_id=str(existing.id), already=existing.status)
+    pack = pack_by_id(ctx.session, _meta(obj).get("item_id"))
+    if pack is None:
+        return Outcome.rejected("the checkout names no known pack", session=session_id)
+    currency = str(obj.get("currency") or "").lower()
+    total = obj.get("amount_total")
+    try:
+        expected = to_minor(pack.price, pack.currency)
+    except ValueError:
+        expected = -1
+    if currency != pack.currency.lower() or total != expected:
+        return Outcome.rejected(
+            "the amount Stripe reports does not match the pack's price",
+            session=session_id,
+            reported={"amount_total": total, "currency": currency},
+            expected={"amount_total": expected, "currency": pack.currency.lower()},
+        )
+    if pack.stripe_price_id and adapters.stripe_api_configured():
+        prices = adapters.stripe_gateway().checkout_price_ids(session_id)
+        if pack.stripe_price_id not in prices:
+            return Outcome.rejected(
+                "the session's line items do not carry the pack's price", session=session_id, prices=prices
+            )
+    purchase = existing or Purchase(
+        id=new_id(),
+        provider=PROVIDER,
+        provider_order_id=session_id,
+        user_id=user.id,
+        item_kind="pack",
+        item_id=pack.id,
+        package_name=pack.name,
+        credits=pack.credits,
+        amount=to_major(total, currency),
+        currency=currency,
+        status="pending",
+        metadata_={},
+    )
+    purchase.provider_payment_id = _id(obj.get("payment_intent")) or purchase.provider_payment_id
+    purchase.provider_customer_id = _id(obj.get("customer")) or purchase.provider_customer_id
+    purchase.livemode = ctx.livemode
+    if obj.get("payment_status") not in {"paid", "no_payment_required"}:
+        ctx.session.add(purchase)
+        return Outcome.done(purchase_id=str(purchase.id), status="pending", payment_status=obj.get("payment_status"))
+    purchase.paid_at = ctx.provider_time or ctx.now
+    granted = grant_purchase(ctx, purchase)
+    ctx.session.add(purchase)  # one INSERT, complete, at the transaction's flush
+    return Outcome.done(purchase_id=str(purchase.id), granted=str(granted.amount), grant_id=str(granted.grant_id))
+
+
+def async_payment_failed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    """`checkout.session.async_payment_failed` (-> failed) and `checkout.session.expired` (-> expired): a
+    pending purchase that will never be paid; nothing was granted."""
+    purchase = ctx.session.execute(
+        select(Purchase)
+        .where(Purchase.provider == PROVIDER, Purchase.provider_order_id == str(obj.get("id")))
+        .with_for_update()
+    ).scalar_one_or_none()
+    if purchase is None or purchase.status != "pending":
+        return Outcome.ignored("no pending purchase for this session")
+    purchase.status = "expired" if event.get("type") == "checkout.session.expired" else "failed"
+    return Outcome.done(purchase_id=str(purchase.id), status=purchase.status)
+
+
+# --- subscriptions -------------------------------------------------------------------------------------------------
+def _first_item(obj: dict[str, Any]) -> dict[str, Any]:
+    items = (obj.get("items") or {}).get("data") or []
+    return items[0] if items and isinstance(items[0], dict) else {}
+
+
+def subscription_state(obj: dict[str, Any], *, deleted: bool = False) -> SubscriptionState:
+    item = _first_item(obj)
+    price = item.get("price") or item.get("plan") or {}
+    recurring = price.get("recurring") or {}
+    currency = str(price.get("currency") or obj.get("currency") or "usd").lower()
+    amount = price.get("unit_amount", price.get("amount"))
+    return SubscriptionState(
+        provider_subscription_id=str(obj["id"]),
+        status="canceled" if deleted else str(obj.get("status") or "incomplete"),
+        customer_id=_id(obj.get("customer")),
+        price_id=_id(price),
+        product_id=_id(price.get("product")),
+        interval=recurring.get("interval") or price.get("interval"),
+        current_period_start=parse_time(obj.get("current_period_start") or item.get("current_period_start")),
+        current_period_end=parse_time(obj.get("current_period_end") or item.get("current_period_end")),
+        cancel_at_period_end=bool(obj.get("cancel_at_period_end")),
+        canceled_at=parse_time(obj.get("canceled_at")),
+        ended_at=parse_time(obj.get("ended_at")),
+        trial_start=parse_time(obj.get("trial_start")),
+        trial_end=parse_time(obj.get("trial_end")),
+        quantity=int(item.get("quantity") or obj.get("quantity") or 1),
+        unit_amount=to_major(amount, currency) if amount is not None else None,
+        currency=currency,
+        metadata=_meta(obj),
+    )
+
+
+def _subscription(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any], *, deleted: bool) -> Outcome:
+    state = subscription_state(obj, deleted=deleted)
+    existing = subscription_for_update(ctx.session, PROVIDER, state.provider_subscription_id)
+    user: User | None = None
+    if existing is not None:
+        user = ctx.session.get(User, existing.user_id, with_for_update={"key_share": True})
+    user = user or user_by_id(ctx.session, state.metadata.get("user_id"))
+    user = user or user_by_customer(ctx.session, PROVIDER, state.customer_id)
+    if user is None:
+        raise NotYetApplicable("no Tollgate user is linked to this subscription yet")
+    link_customer(ctx.session, user, PROVIDER, state.customer_id)
+    sub, applied = apply_subscription(ctx, user, state)
+    return Outcome.done(subscription=sub.provider_subscription_id, status=sub.status, applied=applied, tier=user.tier)
+
+
+def subscription_changed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    return _subscription(ctx, event, obj, deleted=False)
+
+
+def subscription_deleted(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    return _subscription(ctx, event, obj, deleted=True)
+
+
+# --- invoices ------------------------------------------------------------------------------------------------------
+def _invoice_subscription(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    details = (
+        ((obj.get("parent") or {}).get("subscription_details") or {}) if isinstance(obj.get("parent"), dict) else {}
+    )
+    sub_id = _id(obj.get("subscription")) or _id(details.get("subscription"))
+    meta = dict(details.get("metadata") or obj.get("subscription_details", {}).get("metadata") or {})
+    for line in (obj.get("lines") or {}).get("data") or []:
+        if not meta and isinstance(line.get("metadata"), dict):
+            meta = dict(line["metadata"])
+        sub_id = sub_id or _id(line.get("subscription"))
+    return sub_id, meta
+
+
+def _invoice_price(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The recurring price of the invoice (the last subscription line: after a proration, the new plan) and
+    its period."""
+    chosen: tuple[str | None, dict[str, Any]] = (None, {})
+    for line in (obj.get("lines") or {}).get("data") or []:
+        price = line.get("price") or line.get("plan") or {}
+        pricing = (line.get("pricing") or {}).get("price_details") or {}
+        price_id = _id(price) or _id(pricing.get("price"))
+        if line.get("proration"):
+            continue
+        if price_id:
+            chosen = (price_id, line.get("period") or {})
+    return chosen
+
+
+def _upsert_invoice(ctx: Ctx, obj: dict[str, Any], status: str) -> Invoice:
+    invoice_id = str(obj["id"])
+    currency = str(obj.get("currency") or "usd").lower()
+    invoice = invoice_for_update(ctx.session, PROVIDER, invoice_id)
+    if invoice is None:
+        invoice = Invoice(provider=PROVIDER, provider_invoice_id=invoice_id, status=status, currency=currency)
+        ctx.session.add(invoice)
+    sub_id, _ = _invoice_subscription(obj)
+    _, period = _invoice_price(obj)
+    invoice.provider_subscription_id = sub_id or invoice.provider_subscription_id
+    invoice.provider_customer_id = _id(obj.get("customer")) or invoice.provider_customer_id
+    invoice.provider_charge_id = _id(obj.get("charge")) or invoice.provider_charge_id
+    invoice.number = obj.get("number") or invoice.number
+    invoice.billing_reason = obj.get("billing_reason") or invoice.billing_reason
+    invoice.amount_due = to_major(obj.get("amount_due"), currency)
+    invoice.amount_paid = to_major(obj.get("amount_paid"), currency)
+    invoice.currency = currency
+    invoice.period_start = parse_time(period.get("start")) or parse_time(obj.get("period_start"))
+    invoice.period_end = parse_time(period.get("end")) or parse_time(obj.get("period_end"))
+    invoice.hosted_invoice_url = obj.get("hosted_invoice_url") or invoice.hosted_invoice_url
+    invoice.invoice_pdf = obj.get("invoice_pdf") or invoice.invoice_pdf
+    invoice.attempt_count = int(obj.get("attempt_count") or invoice.attempt_count or 0)
+    invoice.livemode = ctx.livemode
+    # A paid invoice stays paid (refund states included) whatever older event arrives after it.
+    if invoice.status not in {"paid", "refunded", "partially_refunded"} or status in {"refunded", "partially_refunded"}:
+        invoice.status = status
+    if ctx.provider_time is not None:
+        invoice.provider_updated_at = max(ctx.provider_time, invoice.provider_updated_at or ctx.provider_time)
+    ctx.session.flush()
+    return invoice
+
+
+def _invoice_user(ctx: Ctx, invoice: Invoice, meta: dict[str, Any]) -> User | None:
+    sub = (
+        subscription_for_update(ctx.session, PROVIDER, invoice.provider_subscription_id)
+        if invoice.provider_subscription_id
+        else None
+    )
+    if sub is not None:
+        invoice.subscription_id = sub.id
+        return ctx.session.get(User, sub.user_id, with_for_update={"key_share": True})
+    return user_by_id(ctx.session, meta.get("user_id")) or user_by_customer(
+        ctx.session, PROVIDER, invoice.provider_customer_id
+    )
+
+
+def invoice_paid(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    invoice = _upsert_invoice(ctx, obj, "paid")
+    invoice.paid_at = invoice.paid_at or ctx.provider_time or ctx.now
+    sub_id, meta = _invoice_subscription(obj)
+    if not sub_id:
+        return Outcome.done(invoice=invoice.provider_invoice_id, note="not a subscription invoice: no allowance")
+    user = _invoice_user(ctx, invoice, meta)
+    if user is None:
+        raise NotYetApplicable("no Tollgate user is linked to this invoice's subscription yet")
+    invoice.user_id = user.id
+    link_customer(ctx.session, user, PROVIDER, invoice.provider_customer_id)
+    price_id, _ = _invoice_price(obj)
+    if price_id is None:
+        # Only proration lines (a mid-period plan change): the tier moves with the subscription; the new
+        # plan's allowance comes with the next period's invoice.
+        return Outcome.done(invoice=invoice.provider_invoice_id, note="no recurring line: no allowance")
+    plan, interval = plan_by_price(ctx.session, PROVIDER, price_id)
+    if plan is None:
+        return Outcome.rejected("the invoice's price is not a Tollgate plan", invoice=invoice.provider_invoice_id)
+    granted = grant_invoice_allowance(ctx, invoice, user, plan, interval)
+    return Outcome.done(invoice=invoice.provider_invoice_id, granted=str(granted), tier=plan.tier)
+
+
+def invoice_payment_failed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    invoice = _upsert_invoice(ctx, obj, "payment_failed")
+    sub_id, meta = _invoice_subscription(obj)
+    user = _invoice_user(ctx, invoice, meta)
+    if user is None:
+        return Outcome.done(invoice=invoice.provider_invoice_id, note="no Tollgate user to notify")
+    invoice.user_id = user.id
+    if invoice.subscription_id is not None and sub_id:
+        sub = subscription_for_update(ctx.session, PROVIDER, sub_id)
+        if sub is not None and sub.status in {"active", "trialing"} and not _older_than(ctx, sub.provider_updated_at):
+            sub.status = "past_due"
+    notify_payment_failed(ctx, user, invoice)
+    return Outcome.done(invoice=invoice.provider_invoice_id, status="payment_failed", notified=True)
+
+
+def _older_than(ctx: Ctx, moment: Any) -> bool:
+    return ctx.provider_time is not None and moment is not None and ctx.provider_time < moment
+
+
+# --- refunds and disputes ------------------------------------------------------------------------------------------
+def _charge_holder(ctx: Ctx, charge_id: str | None, payment_intent: str | None, invoice_id: str | None) -> Any:
+    conditions = []
+    if payment_intent:
+        conditions.append(Purchase.provider_payment_id == payment_intent)
+    if charge_id:
+        conditions.append(Purchase.provider_charge_id == charge_id)
+    if conditions:
+        purchase = ctx.session.execute(
+            select(Purchase).where(Purchase.provider == PROVIDER, or_(*conditions)).with_for_update()
+        ).scalar_one_or_none()
+        if purchase is not None:
+            if charge_id and not purchase.provider_charge_id:
+                purchase.provider_charge_id = charge_id
+            return purchase
+    inv_conditions = []
+    if charge_id:
+        inv_conditions.append(Invoice.provider_charge_id == charge_id)
+    if invoice_id:
+        inv_conditions.append(Invoice.provider_invoice_id == invoice_id)
+    if inv_conditions:
+        return ctx.session.execute(
+            select(Invoice).where(Invoice.provider == PROVIDER, or_(*inv_conditions)).with_for_update()
+        ).scalar_one_or_none()
+    return None
+
+
+def _reverse(ctx: Ctx, holder: Any, *, step_id: str, kind: str, step_amount: Decimal, reason: str | None) -> Outcome:
+    if holder.user_id is None:
+        return Outcome.ignored("the refunded payment has no Tollgate user")
+    if isinstance(holder, Purchase):
+        total, credits = holder.amount, holder.credits
+        reversed_money = holder.refunded_amount + holder.disputed_amount
+    else:
+        total, credits = holder.amount_paid, holder.credits_granted
+        reversed_money = holder.refunded_amount
+    refund = reverse_credits(
+        ctx, holder, user_id=holder.user_id, credits=credits, total=total, reversed_money=reversed_money,
+        step_id=step_id, kind=kind, step_amount=step_amount, currency=holder.currency, reason=reason,
+    )  # fmt: skip
+    if refund is None:
+        return Outcome.done(duplicate_step=step_id)
+    return Outcome.done(
+        step=step_id,
+        credits_requested=str(refund.credits_requested),
+        credits_clawed_back=str(refund.credits_clawed_back),
+        credits_shortfall=str(refund.credits_shortfall),
+    )
+
+
+def charge_refunded(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    charge_id = str(obj["id"])
+    holder = _charge_holder(ctx, charge_id, _id(obj.get("payment_intent")), _id(obj.get("invoice")))
+    if holder is None:
+        return Outcome.ignored("no purchase or invoice matches this charge", charge=charge_id)
+    currency = str(obj.get("currency") or holder.currency).lower()
+    refunded = to_major(obj.get("amount_refunded"), currency)  # cumulative
+    if refunded <= holder.refunded_amount:
+        return Outcome.done(note="this refund step was already applied", charge=charge_id)
+    step = refunded - holder.refunded_amount
+    total = holder.amount if isinstance(holder, Purchase) else holder.amount_paid
+    holder.refunded_amount = min(refunded, total)
+    full = holder.refunded_amount >= total
+    holder.status = "refunded" if full else "partially_refunded"
+    minor = to_minor(refunded, currency)
+    return _reverse(ctx, holder, step_id=f"{charge_id}:refunded:{minor}", kind="refund", step_amount=step, reason=None)
+
+
+def dispute_created(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    # An inquiry (warning_*) or a new chargeback moves nothing: credits move only once funds are withdrawn.
+    return Outcome.done(dispute=obj.get("id"), status=obj.get("status"), note="recorded; nothing moves yet")
+
+
+def dispute_lost(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    """`charge.dispute.funds_withdrawn`, or `charge.dispute.closed` with status lost: claw back once per dispute."""
+    if event.get("type") == "charge.dispute.closed" and obj.get("status") != "lost":
+        return Outcome.done(dispute=obj.get("id"), status=obj.get("status"), note="won or withdrawn: nothing moves")
+    if str(obj.get("status", "")).startswith("warning"):
+        return Outcome.done(dispute=obj.get("id"), note="an inquiry moves nothing")
+    dispute_id = str(obj["id"])
+    holder = _charge_holder(ctx, _id(obj.get("charge")), _id(obj.get("payment_intent")), None)
+    if holder is None or not isinstance(holder, Purchase):
+        return Outcome.ignored("no purchase matches this dispute", dispute=dispute_id)
+    currency = str(obj.get("currency") or holder.currency).lower()
+    amount = min(to_major(obj.get("amount"), currency), holder.amount)
+    step_id = f"{dispute_id}:lost"  # one claw-back per dispute, whichever of its events arrives first
+    if ctx.session.execute(
+        select(Refund.id).where(Refund.provider == PROVIDER, Refund.provider_refund_id == step_id)
+    ).first():
+        return Outcome.done(duplicate_step=step_id)
+    holder.disputed_amount += amount
+    return _reverse(ctx, holder, step_id=step_id, kind="chargeback", step_amount=amount, reason=obj.get("reason"))
+
+
+# --- customers, payment methods, catalogue -------------------------------------------------------------------------
+def customer_updated(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    customer_id = str(obj.get("id"))
+    user = user_by_customer(ctx.session, PROVIDER, customer_id)
+    if user is None:
+        user = user_by_id(ctx.session, _meta(obj).get("user_id"))
+        if user is None:
+            return Outcome.ignored("no Tollgate user for this customer")
+        link_customer(ctx.session, user, PROVIDER, customer_id)
+    return Outcome.done(user_id=str(user.id), customer=customer_id)
+
+
+def payment_method_attached(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    pm_id = str(obj["id"])
+    customer_id = _id(obj.get("customer"))
+    user = user_by_customer(ctx.session, PROVIDER, customer_id)
+    row = ctx.session.execute(
+        select(PaymentMethod).where(
+            PaymentMethod.provider == PROVIDER, PaymentMethod.provider_payment_method_id == pm_id
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        row = PaymentMethod(provider=PROVIDER, provider_payment_method_id=pm_id, type=str(obj.get("type") or "card"))
+        ctx.session.add(row)
+    card = obj.get("card") or {}
+    row.provider_customer_id = customer_id
+    row.user_id = user.id if user else row.user_id
+    row.brand, row.last4 = card.get("brand"), card.get("last4")
+    row.exp_month, row.exp_year = card.get("exp_month"), card.get("exp_year")
+    row.detached = event.get("type") == "payment_method.detached"
+    row.livemode = ctx.livemode
+    return Outcome.done(payment_method=pm_id, user_id=str(user.id) if user else None)
+
+
+def _fresh(ctx: Ctx, row: Any) -> bool:
+    return not _older_than(ctx, row.provider_updated_at)
+
+
+def product_event(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    product_id = str(obj["id"])
+    row = ctx.session.execute(
+        select(Product).where(Product.provider == PROVIDER, Product.provider_product_id == product_id).with_for_update()
+    ).scalar_one_or_none()
+    if row is None:
+        row = Product(provider=PROVIDER, provider_product_id=product_id, name=str(obj.get("name") or product_id))
+        ctx.session.add(row)
+    elif not _fresh(ctx, row):
+        return Outcome.done(product=product_id, applied=False)
+    row.name = str(obj.get("name") or row.name)
+    row.description = obj.get("description")
+    row.deleted = event.get("type") == "product.deleted"
+    row.active = bool(obj.get("active", True)) and not row.deleted
+    row.livemode = ctx.livemode
+    row.metadata_ = _meta(obj)
+    row.provider_updated_at = ctx.provider_time
+    return Outcome.done(product=product_id, applied=True)
+
+
+def price_event(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    price_id = str(obj["id"])
+    row = ctx.session.execute(
+        select(Price).where(Price.provider == PROVIDER, Price.provider_price_id == price_id).with_for_update()
+    ).scalar_one_or_none()
+    currency = str(obj.get("currency") or "usd").lower()
+    if row is None:
+        row = Price(provider=PROVIDER, provider_price_id=price_id, currency=currency)
+        ctx.session.add(row)
+    elif not _fresh(ctx, row):
+        return Outcome.done(price=price_id, applied=False)
+    product_ref = _id(obj.get("product"))
+    product = (
+        ctx.session.execute(
+            select(Product).where(Product.provider == PROVIDER, Product.provider_product_id == product_ref)
+        ).scalar_one_or_none()
+        if product_ref
+        else None
+    )
+    recurring = obj.get("recurring") or {}
+    amount = obj.get("unit_amount")
+    row.provider_product_id = product_ref
+    row.product_id = product.id if product else None
+    row.type = obj.get("type")
+    row.unit_amount = to_major(amount, currency) if amount is not None else None
+    row.currency = currency
+    row.interval = recurring.get("interval")
+    row.interval_count = recurring.get("interval_count")
+    row.nickname = obj.get("nickname")
+    row.lookup_key = obj.get("lookup_key")
+    row.deleted = event.get("type") == "price.deleted"
+    row.active = bool(obj.get("active", True)) and not row.deleted
+    row.livemode = ctx.livemode
+    row.metadata_ = _meta(obj)
+    row.provider_updated_at = ctx.provider_time
+    return Outcome.done(price=price_id, applied=True)
+
+
+HANDLERS: dict[str, Handler] = {
+    "checkout.session.completed": checkout_completed,
+    "checkout.session.async_payment_succeeded": checkout_completed,
+    "checkout.session.async_payment_failed": async_payment_failed,
+    "checkout.session.expired": async_payment_failed,
+    "customer.subscription.created": subscription_changed,
+    "customer.subscription.updated": subscription_changed,
+    "customer.subscription.deleted": subscription_deleted,
+    "customer.subscription.paused": subscription_changed,
+    "customer.subscription.resumed": subscription_changed,
+    "customer.subscription.trial_will_end": subscription_changed,
+    "invoice.paid": invoice_paid,
+    "invoice.payment_succeeded": invoice_paid,
+    "invoice.payment_failed": invoice_payment_failed,
+    "charge.refunded": charge_refunded,
+    "charge.dispute.created": dispute_created,
+    "charge.dispute.funds_withdrawn": dispute_lost,
+    "charge.dispute.closed": dispute_lost,
+    "customer.updated": customer_updated,
+    "payment_method.attached": payment_method_attached,
+    "payment_method.detached": payment_method_attached,
+    "product.created": product_event,
+    "product.updated": product_event,
+    "product.deleted": product_event,
+    "price.created": price_event,
+    "price.updated": price_event,
+    "price.deleted": price_event,
+}
+
+
+def handle(ctx: Ctx, payload: dict[str, Any]) -> Outcome:
+    handler = HANDLERS.get(ctx.event_type)
+    if handler is None:
+        return Outcome.ignored(f"Tollgate does not handle {ctx.event_type}")
+    obj = (payload.get("data") or {}).get("object")
+    if not isinstance(obj, dict) or not obj.get("id"):
+        return Outcome.rejected("the event carries no data.object")
+    return handler(ctx, payload, obj)

@@ -1,0 +1,228 @@
+"""Billing for the signed-in user: checkout (Stripe Checkout / Lemon Squeezy checkouts), the customer portal,
+and the subscription, purchase and invoice history.
+
+Checkouts carry the buyer and the item (API.md): Stripe `client_reference_id` = user id and `metadata` (also
+on the payment intent / subscription) = {user_id, kind, item_id}; Lemon Squeezy `checkout_data.custom` = the
+same. Webhooks grant only what the provider itself reports paying for (see `tollgate.payments`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, cast
+
+from sqlalchemy import and_, or_, select
+
+from tollgate.config import get_settings
+from tollgate.db import UnitOfWork
+from tollgate.errors import (
+    AccountDisabled,
+    AlreadySubscribed,
+    BillingItemNotFound,
+    NoBillingAccount,
+    NotFound,
+    ProviderNotConfigured,
+    ValidationFailed,
+)
+from tollgate.models.credits import CreditPack, Plan
+from tollgate.models.payments import Invoice, Purchase, Subscription
+from tollgate.models.users import User
+from tollgate.payments import adapters
+from tollgate.payments.handling import ENTITLED
+from tollgate.payments.money import to_minor
+
+Provider = Literal["stripe", "lemonsqueezy"]
+ItemKind = Literal["pack", "plan"]
+Interval = Literal["month", "year"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckoutResult:
+    url: str
+    provider: str
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: Sequence[Any]
+    next_cursor: str | None
+
+
+def _user(uow: UnitOfWork, user_id: uuid.UUID) -> User:
+    user = uow.session.get(User, user_id)
+    if user is None:
+        raise NotFound("no such user")
+    if user.deleted_at is not None or user.status != "ACTIVE":
+        raise AccountDisabled("this account cannot buy anything")
+    return user
+
+
+def create_checkout(
+    uow: UnitOfWork,
+    user_id: uuid.UUID,
+    *,
+    provider: Provider,
+    kind: ItemKind,
+    item_id: uuid.UUID,
+    success_url: str,
+    cancel_url: str,
+    interval: Interval = "month",
+    idempotency_key: str | None = None,
+) -> CheckoutResult:
+    with uow:
+        user = _user(uow, user_id)
+        if kind == "pack":
+            pack = uow.session.get(CreditPack, item_id)
+            if pack is None or not pack.active:
+                raise BillingItemNotFound("no such credit pack", details={"item_id": str(item_id)})
+            name, amount, currency = pack.name, pack.price, pack.currency.lower()
+            price_ref = pack.stripe_price_id if provider == "stripe" else pack.lemonsqueezy_variant_id
+        else:
+            plan = uow.session.get(Plan, item_id)
+            if plan is None or not plan.active:
+                raise BillingItemNotFound("no such plan", details={"item_id": str(item_id)})
+            yearly = interval == "year"
+            name, currency = plan.name, plan.currency.lower()
+            amount = plan.price_yearly if yearly else plan.price_monthly
+            if provider == "stripe":
+                price_ref = plan.stripe_price_id_yearly if yearly else plan.stripe_price_id_monthly
+            else:
+                price_ref = plan.lemonsqueezy_variant_id_yearly if yearly else plan.lemonsqueezy_variant_id_monthly
+            if not price_ref:
+                raise ProviderNotConfigured(
+                    f"this plan has no {interval}ly {provider} price", details={"item_id": str(item_id)}
+                )
+            active = active_subscription(uow, user.id)
+            if active is not None:
+                raise AlreadySubscribed(
+                    "you already have a subscription: change plans in the billing portal",
+                    details={"subscription": active.provider_subscription_id, "provider": active.provider},
+                )
+        try:
+            minor = to_minor(amount, currency)
+        except ValueError:
+            raise ProviderNotConfigured("the item's price does not fit its currency") from None
+        customer_id = user.stripe_customer_id if provider == "stripe" else None
+        request = adapters.CheckoutRequest(
+            user_id=str(user.id),
+            email=user.email,
+            kind=kind,
+            item_id=str(item_id),
+            name=name,
+            success_url=success_url,
+            cancel_url=cancel_url,
+            price_ref=price_ref,
+            unit_amount_minor=minor,
+            currency=currency,
+            customer_id=customer_id,
+            idempotency_key=f"checkout:{user.id}:{idempotency_key}" if idempotency_key else None,
+        )
+    # The provider call runs outside any database transaction.
+    gateway = adapters.stripe_gateway() if provider == "stripe" else adapters.lemonsqueezy_gateway()
+    session = gateway.create_checkout(request)
+    return CheckoutResult(url=session.url, provider=provider, session_id=session.id)
+
+
+def create_portal(
+    uow: UnitOfWork, user_id: uuid.UUID, *, return_url: str | None = None, provider: Provider | None = None
+) -> str:
+    """The provider's customer portal: Stripe's billing portal session (back to `return_url`, default APP_URL),
+    or the Lemon Squeezy customer portal URL its subscription events carry."""
+    return_url = return_url or get_settings().app_url
+    with uow:
+        user = _user(uow, user_id)
+        sub = active_subscription(uow, user.id)
+        chosen = provider or (sub.provider if sub is not None else ("stripe" if user.stripe_customer_id else None))
+        if chosen == "lemonsqueezy":
+            rows = uow.session.execute(
+                select(Subscription)
+                .where(Subscription.user_id == user.id, Subscription.provider == "lemonsqueezy")
+                .order_by(Subscription.updated_at.desc())
+            ).scalars()
+            for row in rows:
+                url = row.metadata_.get("customer_portal_url")
+                if url:
+                    return str(url)
+            raise NoBillingAccount("no Lemon Squeezy customer portal is known for you yet")
+        customer_id = user.stripe_customer_id
+    if not customer_id:
+        raise NoBillingAccount("you have no Stripe customer record yet: buy something first")
+    return adapters.stripe_gateway().create_portal(customer_id, return_url)
+
+
+def active_subscription(uow: UnitOfWork, user_id: uuid.UUID) -> Subscription | None:
+    """The subscription that decides the user's tier now (entitled ones first, newest first), else the newest."""
+    rows = (
+        uow.session.execute(
+            select(Subscription).where(Subscription.user_id == user_id).order_by(Subscription.created_at.desc())
+        )
+        .scalars()
+        .all()
+    )
+    entitled = [s for s in rows if s.status in ENTITLED[s.provider]]
+    return entitled[0] if entitled else None
+
+
+def current_subscription(uow: UnitOfWork, user_id: uuid.UUID) -> tuple[Subscription, Plan | None] | None:
+    with uow:
+        sub = active_subscription(uow, user_id)
+        if sub is None:
+            sub = uow.session.execute(
+                select(Subscription)
+                .where(Subscription.user_id == user_id)
+                .order_by(Subscription.updated_at.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+        if sub is None:
+            return None
+        plan = uow.session.get(Plan, sub.plan_id) if sub.plan_id else None
+        # Detached with their loaded values: the unit of work's closing rollback must not expire them.
+        uow.session.expunge_all()
+        return sub, plan
+
+
+def _encode(created_at: datetime, row_id: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(row_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, row_id = json.loads(raw)
+        return datetime.fromisoformat(stamp), uuid.UUID(row_id)
+    except (ValueError, TypeError):
+        raise ValidationFailed("the cursor is not valid", details={"field": "cursor"}) from None
+
+
+def _page(
+    uow: UnitOfWork, model: type[Purchase] | type[Invoice], user_id: uuid.UUID, cursor: str | None, limit: int
+) -> Page:
+    with uow:
+        query = select(model).where(model.user_id == user_id)
+        if cursor:
+            created_at, row_id = _decode(cursor)
+            query = query.where(
+                or_(model.created_at < created_at, and_(model.created_at == created_at, model.id < row_id))
+            )
+        rows = uow.session.execute(query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)).scalars()
+        items = cast(list[Purchase | Invoice], list(rows))
+        uow.session.expunge_all()
+    more = len(items) > limit
+    items = items[:limit]
+    last: Purchase | Invoice | None = items[-1] if more and items else None
+    return Page(items, _encode(last.created_at, last.id) if last is not None else None)
+
+
+def list_purchases(uow: UnitOfWork, user_id: uuid.UUID, *, cursor: str | None = None, limit: int = 20) -> Page:
+    return _page(uow, Purchase, user_id, cursor, limit)
+
+
+def list_invoices(uow: UnitOfWork, user_id: uuid.UUID, *, cursor: str | None = None, limit: int = 20) -> Page:
+    return _page(uow, Invoice, user_id, cursor, limit)

@@ -1,0 +1,308 @@
+"""Local stand-ins for the Stripe and Lemon Squeezy HTTP APIs (stdlib http.server on 127.0.0.1).
+
+They speak the providers' wire formats for the calls Tollgate makes: Stripe's form-encoded requests with bearer
+secret keys and JSON answers (`/v1/checkout/sessions`, `/v1/checkout/sessions/{id}/line_items`,
+`/v1/billing_portal/sessions`, `GET /v1/events` for reconciliation, Stripe-style error bodies), and Lemon Squeezy's
+JSON:API (`POST /v1/checkouts`, `GET /v1/orders`, `/v1/subscriptions`, `/v1/subscription-invoices`,
+with `application/vnd.api+json`).
+Every request is recorded for the tests to inspect.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlsplit
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    form: dict[str, str] = field(default_factory=dict)
+    json: Any = None
+
+
+def nested_form(form: dict[str, str], prefix: str) -> dict[str, str]:
+    """`metadata[user_id]=...` style keys under `prefix`, flattened to their last bracket."""
+    out = {}
+    for key, value in form.items():
+        if key.startswith(prefix + "["):
+            out[key[len(prefix) + 1 : -1]] = value
+    return out
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class StandIn:
+    api_key: str
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.failures: list[int] = []  # answer the next requests with these HTTP statuses, one each
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, status: int, body: Any, content_type: str = "application/json") -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                owner.requests.append(rec)
+                if owner.failures:
+                    status = owner.failures.pop(0)
+                    self._answer(status, owner.error_body(status, "injected failure"))
+                    return
+                status, answer, ctype = owner.route(rec)
+                self._answer(status, answer, ctype)
+
+            do_GET = _handle
+            do_POST = _handle
+
+        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def error_body(self, status: int, message: str) -> Any:
+        raise NotImplementedError
+
+    def route(self, rec: Recorded) -> tuple[int, Any, str]:
+        raise NotImplementedError
+
+
+class StripeStandIn(StandIn):
+    """Checkout sessions, their line items and billing-portal sessions, as api.stripe.com answers them."""
+
+    def __init__(self, api_key: str = "sk_test_standin") -> None:
+        super().__init__()
+        self.api_key = api_key
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.line_item_prices: dict[str, list[str]] = {}
+        self.idempotent: dict[str, tuple[dict[str, str], dict[str, Any]]] = {}
+        # Events the account produced; those in `undelivered` failed to reach a webhook endpoint.
+        self.events: list[dict[str, Any]] = []
+        self.undelivered: set[str] = set()
+
+    def add_event(self, event: dict[str, Any], *, delivered: bool = False) -> dict[str, Any]:
+        self.events.append(event)
+        if not delivered:
+            self.undelivered.add(str(event["id"]))
+        return event
+
+    def _list_events(self, query: dict[str, str]) -> tuple[int, Any, str]:
+        """`GET /v1/events`: newest first, `delivery_success`, `created[gte]`, `limit`, `starting_after`."""
+        events = sorted(self.events, key=lambda e: (e["created"], e["id"]), reverse=True)
+        if query.get("delivery_success") == "false":
+            events = [e for e in events if e["id"] in self.undelivered]
+        elif query.get("delivery_success") == "true":
+            events = [e for e in events if e["id"] not in self.undelivered]
+        if "created[gte]" in query:
+            events = [e for e in events if e["created"] >= int(query["created[gte]"])]
+        after = query.get("starting_after")
+        if after:
+            ids = [e["id"] for e in events]
+            if after not in ids:
+                return 400, self.error_body(400, f"No such event: '{after}'"), "application/json"
+            events = events[ids.index(after) + 1 :]
+        limit = int(query.get("limit") or 10)
+        if not 1 <= limit <= 100:
+            return 400, self.error_body(400, "limit must be between 1 and 100"), "application/json"
+        page = events[:limit]
+        answer = {"object": "list", "data": page, "has_more": len(events) > limit, "url": "/v1/events"}
+        return 200, answer, "application/json"
+
+    def error_body(self, status: int, message: str) -> Any:
+        kind = "invalid_request_error" if status < 500 else "api_error"
+        return {"error": {"type": kind, "message": message}}
+
+    def route(self, rec: Recorded) -> tuple[int, Any, str]:
+        if rec.headers.get("authorization") != f"Bearer {self.api_key}":
+            return (
+                401,
+                {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}},
+                "application/json",
+            )
+        path = urlsplit(rec.path).path
+        if rec.method == "POST":
+            if rec.headers.get("content-type", "").split(";")[0] != "application/x-www-form-urlencoded":
+                return 400, self.error_body(400, "form encoding expected"), "application/json"
+            rec.form = dict(parse_qsl(rec.body.decode(), keep_blank_values=True))
+        if rec.method == "POST" and path == "/v1/checkout/sessions":
+            form = rec.form
+            key = rec.headers.get("idempotency-key")
+            if key and key in self.idempotent:
+                previous_form, previous_answer = self.idempotent[key]
+                if previous_form != form:
+                    message = (
+                        "Keys for idempotent requests can only be used with the same parameters "
+                        "they were first used with."
+                    )
+                    return 400, {"error": {"type": "idempotency_error", "message": message}}, "application/json"
+                return 200, previous_answer, "application/json"
+            for required in ("mode", "success_url", "line_items[0][quantity]"):
+                if required not in form:
+                    return 400, self.error_body(400, f"Missing required param: {required}."), "application/json"
+            session_id = f"cs_test_{uuid.uuid4().hex}"
+            price = form.get("line_items[0][price]") or f"price_inline_{uuid.uuid4().hex[:8]}"
+            self.line_item_prices[session_id] = [price]
+            session = {
+                "id": session_id,
+                "object": "checkout.session",
+                "mode": form["mode"],
+                "url": f"{self.base_url}/c/pay/{session_id}",
+                "client_reference_id": form.get("client_reference_id"),
+                "metadata": nested_form(form, "metadata"),
+                "customer": form.get("customer"),
+                "customer_email": form.get("customer_email"),
+                "success_url": form["success_url"],
+                "cancel_url": form.get("cancel_url"),
+                "status": "open",
+                "payment_status": "unpaid",
+                "livemode": False,
+            }
+            self.sessions[session_id] = session
+            if key:
+                self.idempotent[key] = (form, session)
+            return 200, session, "application/json"
+        if rec.method == "GET" and path == "/v1/events":
+            return self._list_events(dict(parse_qsl(urlsplit(rec.path).query, keep_blank_values=True)))
+        match = re.fullmatch(r"/v1/checkout/sessions/([^/]+)/line_items", path)
+        if rec.method == "GET" and match:
+            prices = self.line_item_prices.get(match.group(1))
+            if prices is None:
+                return 404, self.error_body(404, f"No such checkout.session: '{match.group(1)}'"), "application/json"
+            data = [
+                {"id": f"li_{i}", "object": "item", "quantity": 1, "price": {"id": p, "object": "price"}}
+                for i, p in enumerate(prices)
+            ]
+            return 200, {"object": "list", "data": data, "has_more": False, "url": path}, "application/json"
+        if rec.method == "POST" and path == "/v1/billing_portal/sessions":
+            if "customer" not in rec.form:
+                return 400, self.error_body(400, "Missing required param: customer."), "application/json"
+            portal_id = f"bps_{uuid.uuid4().hex[:16]}"
+            return (
+                200,
+                {
+                    "id": portal_id,
+                    "object": "billing_portal.session",
+                    "customer": rec.form["customer"],
+                    "return_url": rec.form.get("return_url"),
+                    "url": f"{self.base_url}/p/session/{portal_id}",
+                    "livemode": False,
+                },
+                "application/json",
+            )
+        return 404, self.error_body(404, f"Unrecognized request URL ({rec.method}: {path})"), "application/json"
+
+
+class LemonSqueezyStandIn(StandIn):
+    """`POST /v1/checkouts` of the Lemon Squeezy API (JSON:API)."""
+
+    JSONAPI = "application/vnd.api+json"
+
+    def __init__(self, api_key: str = "ls_test_standin") -> None:
+        super().__init__()
+        self.api_key = api_key
+        # Resources of the store (JSON:API objects, `attributes.store_id` set), listed newest first.
+        self.orders: list[dict[str, Any]] = []
+        self.subscriptions: list[dict[str, Any]] = []
+        self.invoices: list[dict[str, Any]] = []  # subscription-invoices
+
+    def _list(self, resource: str, query: dict[str, str]) -> tuple[int, Any, str]:
+        """`GET /v1/orders|subscriptions|subscription-invoices`: `filter[store_id]`, `page[number]`,
+        `page[size]` (max 100), ordered by `created_at` descending, with JSON:API `meta.page` and `links`."""
+        items = {"orders": self.orders, "subscriptions": self.subscriptions}.get(resource, self.invoices)
+        store = query.get("filter[store_id]")
+        if store is not None:
+            items = [i for i in items if str(i["attributes"].get("store_id")) == store]
+        items = sorted(items, key=lambda i: (i["attributes"]["created_at"], str(i["id"])), reverse=True)
+        try:
+            number, size = int(query.get("page[number]") or 1), int(query.get("page[size]") or 10)
+        except ValueError:
+            return 400, self.error_body(400, "Bad page parameters"), self.JSONAPI
+        if number < 1 or not 1 <= size <= 100:
+            return 400, self.error_body(400, "page[size] must be 1 to 100"), self.JSONAPI
+        last = max(1, -(-len(items) // size))
+        page = items[(number - 1) * size : number * size]
+        answer = {
+            "meta": {
+                "page": {
+                    "currentPage": number, "from": (number - 1) * size + 1 if page else None, "lastPage": last,
+                    "perPage": size, "to": (number - 1) * size + len(page) if page else None, "total": len(items),
+                }
+            },
+            "jsonapi": {"version": "1.0"},
+            "links": {"first": f"{self.base_url}/v1/{resource}?page[number]=1",
+                      "last": f"{self.base_url}/v1/{resource}?page[number]={last}"},
+            "data": page,
+        }  # fmt: skip
+        return 200, answer, self.JSONAPI
+
+    def error_body(self, status: int, message: str) -> Any:
+        return {"jsonapi": {"version": "1.0"}, "errors": [{"status": str(status), "title": message, "detail": message}]}
+
+    def route(self, rec: Recorded) -> tuple[int, Any, str]:
+        if rec.headers.get("authorization") != f"Bearer {self.api_key}":
+            return 401, self.error_body(401, "Unauthenticated."), self.JSONAPI
+        split = urlsplit(rec.path)
+        if rec.method == "GET" and split.path in {"/v1/orders", "/v1/subscriptions", "/v1/subscription-invoices"}:
+            if rec.headers.get("accept") != self.JSONAPI:
+                return 415, self.error_body(415, "Unsupported Media Type"), self.JSONAPI
+            return self._list(split.path.rsplit("/", 1)[1], dict(parse_qsl(split.query, keep_blank_values=True)))
+        if rec.method == "POST" and urlsplit(rec.path).path == "/v1/checkouts":
+            if rec.headers.get("content-type") != self.JSONAPI or rec.headers.get("accept") != self.JSONAPI:
+                return 415, self.error_body(415, "Unsupported Media Type"), self.JSONAPI
+            rec.json = json.loads(rec.body)
+            data = rec.json.get("data") or {}
+            rel = data.get("relationships") or {}
+            variant = ((rel.get("variant") or {}).get("data") or {}).get("id")
+            store = ((rel.get("store") or {}).get("data") or {}).get("id")
+            if data.get("type") != "checkouts" or not variant or not store:
+                return 422, self.error_body(422, "The store and variant relationships are required."), self.JSONAPI
+            checkout_id = str(uuid.uuid4())
+            attrs = data.get("attributes") or {}
+            answer = {
+                "jsonapi": {"version": "1.0"},
+                "links": {"self": f"{self.base_url}/v1/checkouts/{checkout_id}"},
+                "data": {
+                    "type": "checkouts",
+                    "id": checkout_id,
+                    "attributes": {
+                        "store_id": int(store),
+                        "variant_id": int(variant),
+                        "checkout_data": attrs.get("checkout_data") or {},
+                        "product_options": attrs.get("product_options") or {},
+                        "test_mode": bool(attrs.get("test_mode")),
+                        "url": f"{self.base_url}/checkout/custom/{checkout_id}?signature=standin",
+                    },
+                },
+            }
+            return 201, answer, self.JSONAPI
+        return 404, self.error_body(404, "Not Found"), self.JSONAPI
