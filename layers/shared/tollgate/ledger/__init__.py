@@ -1,6 +1,7 @@
 """The credit ledger (DESIGN.md §4). Each function takes an open Session inside a transaction and does not
 commit: the caller's unit of work does. See `tollgate.ledger.core` for the rules."""
 
+from tollgate.ledger.allowances import AllowanceRequest, issue_allowance, issue_allowances
 from tollgate.ledger.core import (
     GRANT_KINDS,
     SCALE,
@@ -18,7 +19,6 @@ from tollgate.ledger.core import (
     grant,
     grant_signup_credits,
     hold,
-    issue_allowance,
     reconcile,
     refund,
     release,
@@ -44,6 +44,7 @@ __all__ = [
     "SCALE",
     "AccountMismatch",
     "AdjustResult",
+    "AllowanceRequest",
     "CaptureResult",
     "ChargeResult",
     "ClawbackResult",
@@ -68,6 +69,7 @@ __all__ = [
     "grant_signup_credits",
     "hold",
     "issue_allowance",
+    "issue_allowances",
     "reconcile",
     "refund",
     "release",

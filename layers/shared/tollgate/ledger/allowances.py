@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from tollgate.db.base import new_id
+from tollgate.db.base import new_id, utcnow
 from tollgate.errors import ValidationFailed
-from tollgate.ledger.core import GRANT_KINDS, _json, credits
+from tollgate.ledger.core import GRANT_KINDS, as_json, credits
 from tollgate.ledger.results import GrantResult
 
 ROLLOVERS = frozenset({"none", "capped", "full"})
@@ -51,13 +51,34 @@ class _Writes:
            metadata: dict[str, Any], now: datetime) -> uuid.UUID:  # fmt: skip
         tx_id = new_id()
         row = {"id": tx_id, "user_id": user_id, "type": type_, "amount": amount, "balance_after": balance}
-        row.update(grant_id=grant_id, metadata=_json(metadata), created_at=now)
+        row.update(grant_id=grant_id, metadata=as_json(metadata), created_at=now)
         self.txs.append(row)
         return tx_id
 
 
 def _rows(session: Session, sql: str, **params: Any) -> Sequence[Any]:
     return session.execute(text(sql), params).all()
+
+
+def issue_allowance(
+    session: Session,
+    user_id: uuid.UUID,
+    period_key: str,
+    *,
+    amount: Decimal | None = None,
+    expires_at: datetime | None = None,
+    rollover: str | None = None,
+    rollover_cap: Decimal | None = None,
+    now: datetime | None = None,
+) -> GrantResult | None:
+    """The tier allowance for one period (e.g. "2026-12"), idempotent per (user, period).
+
+    Unless given, `amount`, `rollover` and `rollover_cap` come from the active plan of the user's tier. Before
+    granting, earlier allowance grants are expired (rollover `none`), trimmed to the cap (`capped`, oldest
+    expire first), or kept (`full`). Returns None when there is nothing to grant (no plan, or 0 credits).
+    """
+    request = AllowanceRequest(user_id, period_key, expires_at, amount, rollover, rollover_cap)
+    return issue_allowances(session, [request], now=now or utcnow())[0]
 
 
 def issue_allowances(
@@ -178,7 +199,7 @@ def issue_allowances(
         grant_id = new_id()
         new_grant = {"id": grant_id, "user_id": request.user_id, "amount": amount, "remaining": amount - repay}
         new_grant.update(
-            source_key=source_key, expires_at=request.expires_at, metadata=_json({"period": request.period_key})
+            source_key=source_key, expires_at=request.expires_at, metadata=as_json({"period": request.period_key})
         )
         writes.grants.append(new_grant)
         balance += amount

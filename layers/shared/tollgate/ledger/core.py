@@ -136,7 +136,8 @@ def _key(idempotency_key: str | None) -> str | None:
     return idempotency_key
 
 
-def _json(value: Mapping[str, Any] | None) -> str:
+def as_json(value: Mapping[str, Any] | None) -> str:
+    """Metadata as the ledger stores it (compact JSON)."""
     return json.dumps(dict(value or {}), default=str, separators=(",", ":"))
 
 
@@ -306,7 +307,7 @@ def _insert_tx(
             "key": key,
             "request_hash": request_hash if key is not None else None,
             "actor_id": actor_id,
-            "metadata": _json(metadata),
+            "metadata": as_json(metadata),
             "now": created_at,
         },
     )
@@ -467,7 +468,7 @@ def audit(
             "action": action,
             "target_type": target_type,
             "target_id": target_id,
-            "details": _json(details),
+            "details": as_json(details),
             "now": now or utcnow(),
         },
     )
@@ -559,7 +560,7 @@ def _new_grant(
             "remaining": amount - repay,
             "source_key": source_key,
             "expires_at": expires_at,
-            "metadata": _json(metadata),
+            "metadata": as_json(metadata),
             "now": now,
         },
     )
@@ -590,89 +591,6 @@ def grant_signup_credits(session: Session, user_id: uuid.UUID) -> None:
     if amount <= 0:
         return
     grant(session, user_id, kind="signup", amount=amount, source_key="signup")
-
-
-def issue_allowance(
-    session: Session,
-    user_id: uuid.UUID,
-    period_key: str,
-    *,
-    amount: Decimal | None = None,
-    expires_at: datetime | None = None,
-    rollover: str | None = None,
-    rollover_cap: Decimal | None = None,
-    now: datetime | None = None,
-) -> GrantResult | None:
-    """The tier allowance for one period (e.g. "2026-12"), idempotent per (user, period).
-
-    Unless given, `amount`, `rollover` and `rollover_cap` come from the active plan of the user's tier. Before
-    granting, earlier allowance grants are expired (rollover `none`), trimmed to the cap (`capped`, oldest
-    expire first), or kept (`full`). Returns None when there is nothing to grant (no plan, or 0 credits).
-    """
-    now = now or utcnow()
-    source_key = f"allowance:{period_key}"
-    account = _lock(session, user_id, now)
-    existing = session.execute(
-        text(
-            "SELECT g.id, g.amount, t.id AS tx_id FROM credit_grants g JOIN credit_transactions t "
-            "ON t.grant_id = g.id AND t.type = 'monthly_allowance' "
-            "WHERE g.user_id = :user_id AND g.source_key = :source_key"
-        ),
-        {"user_id": user_id, "source_key": source_key},
-    ).first()
-    if existing is not None:
-        return GrantResult(existing.id, existing.tx_id, existing.amount, account["balance"], created=False)
-    if amount is None or rollover is None:
-        plan = session.execute(
-            text(
-                "SELECT p.monthly_credits, p.rollover, p.rollover_cap FROM plans p JOIN users u ON u.tier = p.tier "
-                "WHERE u.id = :user_id AND p.active"
-            ),
-            {"user_id": user_id},
-        ).first()
-        if amount is None:
-            amount = plan.monthly_credits if plan is not None else Decimal(0)
-        if rollover is None:
-            rollover = plan.rollover if plan is not None else "none"
-            rollover_cap = plan.rollover_cap if plan is not None else None
-    if rollover not in {"none", "capped", "full"}:
-        raise ValidationFailed("rollover must be none, capped or full", details={"field": "rollover"})
-    amount = credits(amount, allow_zero=True)
-    if rollover != "full":
-        cap = Decimal(0) if rollover == "none" else credits(rollover_cap or 0, "rollover_cap", allow_zero=True)
-        previous = session.execute(
-            text(
-                "SELECT id, remaining FROM credit_grants WHERE user_id = :user_id AND kind = 'allowance' "
-                "AND status = 'active' ORDER BY expires_at ASC NULLS LAST, created_at, id"
-            ),
-            {"user_id": user_id},
-        ).all()
-        excess = sum((g.remaining for g in previous), Decimal(0)) - cap
-        balance: Decimal = account["balance"]
-        for g in previous:
-            cut = min(g.remaining, max(excess, Decimal(0)))
-            if rollover == "none" or cut == g.remaining:
-                balance = _expire_locked(session, user_id, g.id, balance, now, reason="allowance_reset")[0]
-            elif cut > 0:
-                balance -= cut
-                session.execute(
-                    text("UPDATE credit_grants SET remaining = remaining - :cut, updated_at = :now WHERE id = :id"),
-                    {"cut": cut, "id": g.id, "now": now},
-                )
-                _insert_tx(
-                    session, user_id=user_id, type_="expiry", amount=-cut, balance_after=balance, now=now,
-                    grant_id=g.id, metadata={"reason": "rollover_cap"},
-                )  # fmt: skip
-            excess -= cut
-        if balance != account["balance"]:
-            _set_account(session, user_id, now, balance=balance)
-            account = _lock(session, user_id, now)
-    if amount == 0:
-        return None
-    return _new_grant(
-        session, account, kind="allowance", amount=amount, source_key=source_key, expires_at=expires_at,
-        metadata={"period": period_key}, actor_id=None, now=now,
-    )  # fmt: skip
 
 
 # --- charges --------------------------------------------------------------------------------------------------
@@ -707,7 +625,7 @@ def _charge_params(
         "amount": amount,
         "key": key,
         "hash": request_hash,
-        "metadata": _json(metadata),
+        "metadata": as_json(metadata),
         "now": now or utcnow(),
     }
 
@@ -859,7 +777,7 @@ def hold(
                 "quantity": quantity if operation else None,
                 "amount": amount,
                 "expires_at": expires_at,
-                "metadata": _json(metadata),
+                "metadata": as_json(metadata),
                 "now": now,
             },
         )
@@ -1200,7 +1118,7 @@ def refund(
                 "user_id": owner,
                 "amount": unplaced,
                 "source_key": f"refund:{tx_id}",
-                "metadata": _json({"refund_of": str(transaction_id)}),
+                "metadata": as_json({"refund_of": str(transaction_id)}),
                 "now": now,
             },
         )
