@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -189,7 +190,7 @@ class LedgerModel(RuleBasedStateMachine):
             account = uow.session.execute(
                 text("SELECT balance, held FROM credit_accounts WHERE user_id = :u"), {"u": self.user_id}
             ).first()
-            remaining = dict(
+            remaining: dict[Any, Any] = dict(
                 uow.session.execute(
                     text("SELECT id, remaining FROM credit_grants WHERE user_id = :u"), {"u": self.user_id}
                 ).all()
