@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
-from tollgate.observability import logger
+from tollgate.observability import logger, tracer
 from tollgate.services.authorizer import Verdict, allows_route, authorize_api_key, authorize_bearer
 
 DENY: dict[str, Any] = {"isAuthorized": False}
@@ -105,6 +105,7 @@ def _verdict(event: dict[str, Any]) -> dict[str, Any]:
 
 
 @logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)  # the context names the user: not into traces
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     answer = decide(event)
     if not answer.get("isAuthorized"):

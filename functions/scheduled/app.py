@@ -1,4 +1,7 @@
-"""Scheduled jobs (EventBridge Scheduler). One handler per job; each runs in batches and resumes if cut short."""
+"""Scheduled jobs (EventBridge Scheduler): one handler per job, each its own function in template.yaml.
+
+Every job runs in steps that commit with its cursor, so a run cut short resumes next time (tollgate.jobs).
+"""
 
 from __future__ import annotations
 
@@ -7,86 +10,28 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tollgate.config import get_settings
-from tollgate.jobs.account_jobs import TrialExpiry
-from tollgate.jobs.allowance import MonthlyAllowance
-from tollgate.jobs.analytics import AnalyticsRollup
-from tollgate.jobs.entry import run_scheduled
-from tollgate.jobs.ledger_jobs import GrantExpiry, HoldExpiry, LedgerReconciliation
-from tollgate.jobs.log_retention import run_log_retention
-from tollgate.jobs.notices import BalanceNotices
-from tollgate.jobs.provider_reconciliation import ProviderReconciliation
-from tollgate.jobs.retention import Retention
+from tollgate.jobs.entry import scheduled_handler
 from tollgate.observability import logger, metrics, tracer
 
-
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def grant_expiry(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_scheduled(GrantExpiry(), event, context)
-
-
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def hold_expiry(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_scheduled(HoldExpiry(), event, context)
-
-
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def ledger_reconciliation(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_scheduled(LedgerReconciliation(), event, context)
+monthly_allowance = scheduled_handler("tollgate.jobs.allowance:MonthlyAllowance")
+grant_expiry = scheduled_handler("tollgate.jobs.ledger_jobs:GrantExpiry")
+hold_expiry = scheduled_handler("tollgate.jobs.ledger_jobs:HoldExpiry")
+trial_expiry = scheduled_handler("tollgate.jobs.account_jobs:TrialExpiry")
+retention = scheduled_handler("tollgate.jobs.retention:Retention")
+ledger_reconciliation = scheduled_handler("tollgate.jobs.ledger_jobs:LedgerReconciliation")
+provider_reconciliation = scheduled_handler("tollgate.jobs.provider_reconciliation:ProviderReconciliation")
+analytics_rollup = scheduled_handler("tollgate.jobs.analytics:AnalyticsRollup")
+balance_notices = scheduled_handler("tollgate.jobs.notices:BalanceNotices")
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def log_retention(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """LogRetention talks to CloudWatch Logs, not the database: no steps, no cursor (it is idempotent)."""
+    from tollgate.jobs.log_retention import run_log_retention
+
     settings = get_settings()
     report = run_log_retention(settings.log_group_prefixes, settings.log_retention_days, settings.aws_region)
     logger.info("job run", extra=report.as_dict())
     return report.as_dict()
-
-
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def retention(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_scheduled(Retention(), event, context)
-
-
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def trial_expiry(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_scheduled(TrialExpiry(), event, context)
-
-
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def analytics_rollup(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_scheduled(AnalyticsRollup(), event, context)
-
-
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def monthly_allowance(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_scheduled(MonthlyAllowance(), event, context)
-
-
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def balance_notices(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_scheduled(BalanceNotices(), event, context)
-
-
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def provider_reconciliation(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return run_scheduled(ProviderReconciliation(), event, context)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from tollgate.config import get_settings
 from tollgate.jobs.runner import Job, run_job, scheduled_now
-from tollgate.observability import METRICS_NAMESPACE, SERVICE_NAME, logger
+from tollgate.observability import METRICS_NAMESPACE, SERVICE_NAME, logger, metrics, tracer
+
+LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 
 def run_scheduled(job: Job, event: Mapping[str, Any] | None, context: Any) -> dict[str, Any]:
@@ -30,3 +33,19 @@ def run_scheduled(job: Job, event: Mapping[str, Any] | None, context: Any) -> di
         job_metrics.add_metric(name=key, unit=MetricUnit.Count, value=value)
     job_metrics.flush_metrics()
     return summary
+
+
+def scheduled_handler(job: str) -> LambdaHandler:
+    """The Lambda handler of one job, named "module:Class". The job's module is imported on the first
+    invocation, so each scheduled function loads only its own job (and what that job needs)."""
+    module_name, _, class_name = job.partition(":")
+
+    @logger.inject_lambda_context
+    @tracer.capture_lambda_handler
+    @metrics.log_metrics
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        job_class = getattr(importlib.import_module(module_name), class_name)
+        return run_scheduled(job_class(), event, context)
+
+    handler.__name__ = handler.__qualname__ = class_name
+    return handler
