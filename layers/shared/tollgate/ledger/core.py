@@ -498,29 +498,28 @@ def grant(
     if expires_at is not None and expires_at <= now:
         raise ValidationFailed("expires_at must be in the future", details={"field": "expires_at"})
     account = _lock(session, user_id, now)
+    # The unique (user, source key) index answers whether this grant exists; only a replay then looks up its
+    # ledger row (by user, where the ledger is indexed).
     existing = session.execute(
         text(
-            "SELECT g.id, g.kind, g.amount, g.expires_at, t.id AS tx_id FROM credit_grants g "
-            "JOIN credit_transactions t ON t.grant_id = g.id AND t.type = :type "
-            "WHERE g.user_id = :user_id AND g.source_key = :source_key ORDER BY t.created_at LIMIT 1"
+            "SELECT id, kind, amount, expires_at FROM credit_grants "
+            "WHERE user_id = :user_id AND source_key = :source_key"
         ),
-        {"user_id": user_id, "source_key": source_key, "type": GRANT_KINDS[kind]},
+        {"user_id": user_id, "source_key": source_key},
     ).first()
-    if existing is None:
-        clash = session.execute(
-            text("SELECT id FROM credit_grants WHERE user_id = :user_id AND source_key = :source_key"),
-            {"user_id": user_id, "source_key": source_key},
-        ).first()
-        if clash is not None:
-            raise IdempotencyConflict(
-                "this source key already granted a different kind of credits", details={"grant_id": str(clash.id)}
-            )
     if existing is not None:
         if existing.kind != kind or existing.amount != amount or existing.expires_at != expires_at:
             raise IdempotencyConflict(
                 "this source key already granted different credits", details={"grant_id": str(existing.id)}
             )
-        return GrantResult(existing.id, existing.tx_id, existing.amount, account["balance"], created=False)
+        tx_id = session.execute(
+            text(
+                "SELECT id FROM credit_transactions WHERE user_id = :user_id AND grant_id = :grant_id "
+                "AND type = :type ORDER BY created_at, id LIMIT 1"
+            ),
+            {"user_id": user_id, "grant_id": existing.id, "type": GRANT_KINDS[kind]},
+        ).scalar_one()
+        return GrantResult(existing.id, tx_id, existing.amount, account["balance"], created=False)
     return _new_grant(
         session, account, kind=kind, amount=amount, source_key=source_key, expires_at=expires_at,
         metadata=metadata, actor_id=actor_id, now=now,
