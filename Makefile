@@ -25,7 +25,7 @@ $(TOOLS)/bin/.installed: requirements-tools.txt
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/tollgate serve --seed
+	$(BIN)/tollgate serve --seed --with-schedules
 
 test: lint typecheck template unit
 

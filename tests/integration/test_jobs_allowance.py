@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from tests.support import make_user
+from tests.support import api_call, make_user
 from tollgate.db import UnitOfWork
 from tollgate.jobs import run_job
 from tollgate.jobs.allowance import MonthlyAllowance
@@ -177,3 +177,19 @@ def test_more_users_than_one_batch_and_a_run_cut_short_then_resumed(db: Callable
     # Then every user got exactly one allowance
     assert all(allowances(db, u) == [("2026-07-03", Decimal("50"))] for u in users)
     assert first.stats.get("allowances_issued", 0) + second.stats["allowances_issued"] == 25
+
+
+def test_the_balance_shows_the_users_next_reset(db: Callable[[], UnitOfWork]) -> None:
+    # Given a FREE user whose period was issued by the job
+    add_plans(db)
+    user = signed_up(db, datetime.now(UTC) - timedelta(days=3))
+    run(db, datetime.now(UTC))
+    # When they read their balance
+    body = api_call("GET", "/credits/balance", as_user=user).json
+    # Then it shows the allowance and when it resets (their own anchor day, next month)
+    with db() as uow:
+        schedule = uow.session.get(AllowanceSchedule, user)
+        assert schedule is not None
+        next_reset = schedule.next_reset_at
+    assert body["allowance"] == "50.0000"
+    assert datetime.fromisoformat(body["next_reset_at"]) == next_reset

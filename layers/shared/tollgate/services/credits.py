@@ -57,13 +57,17 @@ SELECT u.tier,
                 0) AS free_live,
        coalesce(sum(g.remaining) FILTER (WHERE g.kind = 'purchase' AND (g.expires_at IS NULL OR g.expires_at > :now)),
                 0) AS bonus_live,
-       min(g.expires_at) FILTER (WHERE g.kind = 'allowance' AND g.expires_at > :now) AS next_reset_at
+       -- the current allowance's end; else the user's own reset day (the MonthlyAllowance job's schedule)
+       coalesce(min(g.expires_at) FILTER (WHERE g.kind = 'allowance' AND g.expires_at > :now),
+                CASE WHEN sch.next_reset_at > :now THEN sch.next_reset_at END) AS next_reset_at
 FROM users u
 LEFT JOIN credit_accounts a ON a.user_id = u.id
+LEFT JOIN allowance_schedules sch ON sch.user_id = u.id
 LEFT JOIN admin_settings s ON s.id = 1
 LEFT JOIN credit_grants g ON g.user_id = u.id AND g.status = 'active'
 WHERE u.id = :user_id
-GROUP BY u.tier, a.balance, a.held, a.debt, a.floor, a.bonus_auto_use, s.allow_bonus_auto_use_toggle
+GROUP BY u.tier, a.balance, a.held, a.debt, a.floor, a.bonus_auto_use, s.allow_bonus_auto_use_toggle,
+         sch.next_reset_at
 """
 
 
