@@ -18,8 +18,10 @@ move by 10-30% between runs.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -187,7 +189,8 @@ def main() -> int:
 
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="tollgate-bench-rag-"))
-    server, url = start_embedded(workdir / "pgdata", "bench_rag")
+    server, url = start_embedded(workdir / "pgdata", "bench_rag", throwaway=True)  # deleted at exit
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     os.environ["DATABASE_URL"] = url
     from tollgate.config import get_settings
 

@@ -6,6 +6,7 @@ truncated afterwards, so tests may commit (and concurrency tests must) without s
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -19,7 +20,9 @@ from sqlalchemy import text
 os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
 os.environ["POWERTOOLS_TRACE_DISABLED"] = "true"
 # Mail that tests send lands in a throwaway folder, never in the working tree's .tollgate/.
-os.environ.setdefault("TOLLGATE_MAIL_DIR", tempfile.mkdtemp(prefix="tollgate-test-mail-"))
+if "TOLLGATE_MAIL_DIR" not in os.environ:
+    os.environ["TOLLGATE_MAIL_DIR"] = tempfile.mkdtemp(prefix="tollgate-test-mail-")
+    atexit.register(shutil.rmtree, os.environ["TOLLGATE_MAIL_DIR"], ignore_errors=True)
 # A random access-token signing key per test run (never a fixed string; see tollgate.auth.access_tokens).
 os.environ.setdefault("JWT_SIGNING_KEY", os.urandom(32).hex())
 
