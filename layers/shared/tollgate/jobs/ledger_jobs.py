@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,54 +15,42 @@ from tollgate.jobs.runner import BatchJob, Step
 from tollgate.models.jobs import LedgerMismatch
 
 
-class GrantExpiry(BatchJob):
-    """Expire every grant whose `expires_at` has passed: one `expiry` ledger row per grant with credits left."""
+class _DueSetJob:
+    """A job that drains a due set through a ledger function taking `limit`: what it handles leaves the set,
+    so each step simply takes the next batch (no cursor), and the period ends when a batch comes back short."""
 
-    name = "GrantExpiry"
-
-    def period_key(self, now: datetime) -> str:
-        return hourly(now)
-
-    def fetch(self, session: Session, now: datetime, cursor: str | None, limit: int) -> Sequence[Any]:
-        return session.execute(
-            text(
-                "SELECT id FROM credit_grants WHERE status = 'active' AND expires_at <= :now "
-                "AND (CAST(:cursor AS uuid) IS NULL OR id > CAST(:cursor AS uuid)) ORDER BY id LIMIT :limit"
-            ),
-            {"now": now, "cursor": cursor, "limit": limit},
-        ).all()
-
-    def process(self, session: Session, now: datetime, items: Sequence[Any]) -> Mapping[str, int]:
-        expired_grants = 0
-        for item in items:
-            if ledger.expire_grant(session, item.id, now=now).expired > 0:
-                expired_grants += 1
-        return {"grants_expired": len(items), "grants_with_credits_left": expired_grants}
-
-    def cursor_of(self, item: Any) -> str:
-        return str(item.id)
-
-
-class HoldExpiry:
-    """Release every hold past its expiry: the held credits go back to the grants they came from, with a
-    `release` ledger row each. Released holds leave the due set, so each step simply takes the next batch."""
-
-    name = "HoldExpiry"
+    name: str
+    stat: str
+    drain: Callable[..., int]
 
     def __init__(self, batch_size: int = 500) -> None:
         self.batch_size = batch_size
 
     def period_key(self, now: datetime) -> str:
-        return now.strftime("%Y-%m-%dT%H:%M")  # it runs every few minutes
+        return hourly(now)
 
     def step(self, session: Session, now: datetime, cursor: str | None) -> Step:
-        released = ledger.expire_holds(session, now=now, limit=self.batch_size)
-        return Step(
-            cursor=None,
-            processed=released,
-            counts={"holds_expired": released} if released else {},
-            done=released < self.batch_size,
-        )
+        handled = self.drain(session, now=now, limit=self.batch_size)
+        return Step(None, handled, {self.stat: handled} if handled else {}, done=handled < self.batch_size)
+
+
+class GrantExpiry(_DueSetJob):
+    """Expire every grant whose `expires_at` has passed: one `expiry` ledger row per grant with credits left."""
+
+    name = "GrantExpiry"
+    stat = "grants_expired"
+    drain = staticmethod(ledger.expire_due_grants)
+
+
+class HoldExpiry(_DueSetJob):
+    """Release every hold past its expiry: the held credits go back to the grants they came from."""
+
+    name = "HoldExpiry"
+    stat = "holds_expired"
+    drain = staticmethod(ledger.expire_holds)
+
+    def period_key(self, now: datetime) -> str:
+        return now.strftime("%Y-%m-%dT%H:%M")  # it runs every few minutes
 
 
 class LedgerReconciliation(BatchJob):
