@@ -148,6 +148,13 @@ def test_known_path_wrong_method_is_405_with_allow(base_url: str) -> None:
     assert json.loads(raw)["error"]["code"] == "method_not_allowed"
 
 
+def test_any_http_method_reaches_the_route_table(base_url: str) -> None:
+    # TRACE and QUERY are methods of no route: the known path answers 405 (not the HTTP server's own 501)
+    for method in ("TRACE", "QUERY"):
+        status, _, raw = call(base_url, method, "/whoami")
+        assert status == 405 and json.loads(raw)["error"]["code"] == "method_not_allowed", method
+
+
 def test_authorizer_allows_and_its_context_reaches_the_handler(base_url: str) -> None:
     status, _, raw = call(base_url, "GET", "/whoami", headers={"Authorization": "Bearer good"})
     assert status == 200

@@ -85,3 +85,18 @@ def test_a_protected_route_without_identity_is_401(gateway: Gateway) -> None:
     # Then it refuses with the error body, not a crash
     assert result["statusCode"] == 401
     assert json.loads(result["body"])["error"]["code"] == "unauthenticated"
+
+
+def test_text_postgres_cannot_store_is_400_in_the_body(gateway: Gateway) -> None:
+    # NUL and unpaired surrogates are valid JSON escapes but no PostgreSQL text can hold them
+    for body in (b'{"name": "a\\u0000b", "size": 1}', b'{"name": "\\udbd7x", "size": 1}'):
+        status, answer = post(gateway, body)
+        assert status == 400 and answer["error"]["code"] == "invalid_text", body
+
+
+def test_text_postgres_cannot_store_is_400_in_the_query(gateway: Gateway) -> None:
+    # Given a route served by the shared resolver, called with a NUL in its query
+    request = HttpRequest("GET", "/whoami", "q=a%00b", [("Authorization", "Bearer good")], b"", "127.0.0.1")
+    response = gateway.handle(request)
+    # Then the resolver refuses it before the route runs
+    assert response.status == 400 and json.loads(response.body)["error"]["code"] == "invalid_text"

@@ -32,6 +32,12 @@ class BadRequest(TollgateError):
     code = "bad_request"
 
 
+class UnstorableText(BadRequest):
+    """Text PostgreSQL cannot hold: NUL characters or unpaired UTF-16 surrogates."""
+
+    code = "invalid_text"
+
+
 class MalformedJson(BadRequest):
     code = "malformed_json"
 

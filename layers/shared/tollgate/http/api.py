@@ -42,8 +42,28 @@ def _error_response(status: HTTPStatus, code: str, message: str, details: Any = 
     return Response(status_code=int(status), content_type=JSON, body=error_body(code, message, details))
 
 
-def _body_problem(event: Mapping[str, Any]) -> errors.TollgateError | None:
-    """Why a request body must be refused before validation or any service runs, if it must."""
+def _unstorable(value: Any) -> bool:
+    """Whether `value` (parsed JSON, or a string) holds text PostgreSQL refuses: NUL, or a lone surrogate."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return True
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_unstorable(item) for item in value)
+    return False
+
+
+def _request_problem(event: Mapping[str, Any]) -> errors.TollgateError | None:
+    """Why a request must be refused before validation or any service runs, if it must."""
+    params = [*(event.get("queryStringParameters") or {}).items(), *(event.get("pathParameters") or {}).items()]
+    if any(_unstorable(k) or _unstorable(v) for k, v in params):
+        return errors.UnstorableText("query and path parameters may not contain NUL or unpaired surrogates")
     method = str(event.get("requestContext", {}).get("http", {}).get("method", "")).upper()
     body = event.get("body")
     if method not in BODY_METHODS or not body:
@@ -62,17 +82,20 @@ def _body_problem(event: Mapping[str, Any]) -> errors.TollgateError | None:
             "send the body as application/json", details={"content_type": content_type or None}
         )
     try:
-        json.loads(raw)
+        parsed = json.loads(raw)
     except ValueError as exc:  # includes UnicodeDecodeError
         return errors.MalformedJson("the body is not valid JSON", details={"reason": str(exc)})
+    if _unstorable(parsed):
+        return errors.UnstorableText("text in the body may not contain NUL (\\u0000) or unpaired surrogates")
     return None
 
 
 class TollgateResolver(APIGatewayHttpResolver):
-    """The powertools HTTP API resolver, refusing bad bodies (size, media type, JSON) before anything runs."""
+    """The powertools HTTP API resolver, refusing bad requests (body size, media type, JSON, text PostgreSQL
+    cannot store) before anything runs."""
 
     def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
-        problem = _body_problem(event)
+        problem = _request_problem(event)
         if problem is not None:
             return {
                 "statusCode": int(status_for(problem)),
