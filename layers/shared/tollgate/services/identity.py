@@ -323,15 +323,24 @@ def _mail_for_existing(session: Session, user: User, now: datetime) -> OutgoingM
     return _new_verification(session, user, now)
 
 
+LinkToken = TypeVar("LinkToken", VerificationToken, PasswordResetToken)
+
+
+def _live_link_token(session: Session, model: type[LinkToken], token: str, now: datetime) -> LinkToken:
+    """The unused, unexpired token a mailed link carries, locked; anything else is one and the same refusal."""
+    row = session.execute(
+        select(model).where(model.token_hash == hash_secret(token)).with_for_update()
+    ).scalar_one_or_none()
+    if row is None or row.used_at is not None or row.expires_at <= now:
+        raise InvalidToken("this link is invalid or has expired")
+    return row
+
+
 def verify_email(uow: UnitOfWork, token: str) -> None:
     now = utcnow()
     with uow:
         session = uow.session
-        row = session.execute(
-            select(VerificationToken).where(VerificationToken.token_hash == hash_secret(token)).with_for_update()
-        ).scalar_one_or_none()
-        if row is None or row.used_at is not None or row.expires_at <= now:
-            raise InvalidToken("this link is invalid or has expired")
+        row = _live_link_token(session, VerificationToken, token, now)
         user = _user(session, row.user_id, lock=True)
         if normalise_email(user.email) != normalise_email(row.email):
             raise InvalidToken("this link is invalid or has expired")
@@ -592,11 +601,7 @@ def reset_password(uow: UnitOfWork, token: str, new_password: str) -> None:
     now = utcnow()
     with uow:
         session = uow.session
-        row = session.execute(
-            select(PasswordResetToken).where(PasswordResetToken.token_hash == hash_secret(token)).with_for_update()
-        ).scalar_one_or_none()
-        if row is None or row.used_at is not None or row.expires_at <= now:
-            raise InvalidToken("this link is invalid or has expired")
+        row = _live_link_token(session, PasswordResetToken, token, now)
         user = _user(session, row.user_id, lock=True)
         ensure_active(user)
         passwords.check_password_policy(new_password, email=user.email)
