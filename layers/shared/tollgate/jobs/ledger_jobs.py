@@ -71,25 +71,24 @@ class LedgerReconciliation(BatchJob):
         ).all()
 
     def process(self, session: Session, now: datetime, items: Sequence[Any]) -> Mapping[str, int]:
-        mismatches = 0
-        for item in items:
-            for found in ledger.reconcile(session, item.user_id).mismatches:
-                mismatches += 1
-                session.add(
-                    LedgerMismatch(
-                        user_id=found.user_id,
-                        detected_at=now,
-                        problems=list(found.problems),
-                        figures={
-                            "balance": str(found.balance),
-                            "ledger_sum": str(found.ledger_sum),
-                            "grants_remaining": str(found.grants_remaining),
-                            "debt": str(found.debt),
-                            "held": str(found.held),
-                            "active_holds": str(found.active_holds),
-                        },
-                    )
+        report = ledger.reconcile(session, user_ids=[item.user_id for item in items])  # one query per batch
+        for found in report.mismatches:
+            session.add(
+                LedgerMismatch(
+                    user_id=found.user_id,
+                    detected_at=now,
+                    problems=list(found.problems),
+                    figures={
+                        "balance": str(found.balance),
+                        "ledger_sum": str(found.ledger_sum),
+                        "grants_remaining": str(found.grants_remaining),
+                        "debt": str(found.debt),
+                        "held": str(found.held),
+                        "active_holds": str(found.active_holds),
+                    },
                 )
+            )
+        mismatches = len(report.mismatches)
         return {"users_checked": len(items), "mismatches": mismatches}
 
     def cursor_of(self, item: Any) -> str:

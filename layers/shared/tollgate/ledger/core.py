@@ -1240,16 +1240,19 @@ SELECT a.user_id, a.balance, a.held, a.debt, a.floor,
        coalesce((SELECT sum(d.amount - d.returned) FROM credit_holds h JOIN credit_draws d ON d.origin_id = h.id
                  WHERE h.user_id = a.user_id AND h.status = 'active'), 0) AS reserved
 FROM credit_accounts a
-WHERE (CAST(:user_id AS uuid) IS NULL OR a.user_id = CAST(:user_id AS uuid))
+WHERE (CAST(:user_ids AS uuid[]) IS NULL OR a.user_id = ANY(CAST(:user_ids AS uuid[])))
 ORDER BY a.user_id
 """
 
 
-def reconcile(session: Session, user_id: uuid.UUID | None = None) -> ReconcileReport:
-    """Check every account (or one): balance == sum(ledger) == sum(active grant remaining) - debt + held,
-    held == sum(active holds) == what their draws still reserve.
+def reconcile(
+    session: Session, user_id: uuid.UUID | None = None, *, user_ids: Sequence[uuid.UUID] | None = None
+) -> ReconcileReport:
+    """Check every account (or one, or a batch `user_ids`): balance == sum(ledger) == sum(active grant
+    remaining) - debt + held, held == sum(active holds) == what their draws still reserve.
     Read-only: answers the mismatches for the caller to record or alert on."""
-    rows = session.execute(text(RECONCILE_SQL), {"user_id": str(user_id) if user_id else None}).mappings().all()
+    ids = [user_id] if user_id is not None else (list(user_ids) if user_ids is not None else None)
+    rows = session.execute(text(RECONCILE_SQL), {"user_ids": ids}).mappings().all()
     mismatches: list[AccountMismatch] = []
     for r in rows:
         problems: list[str] = []
