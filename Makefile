@@ -8,7 +8,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint typecheck template unit build bench clean
+.PHONY: run test lint typecheck template unit unit-production build bench clean
 
 # The project's environment: runtime + dev dependencies, the tollgate CLI, editable.
 $(BIN)/.installed: pyproject.toml
@@ -27,7 +27,7 @@ $(TOOLS)/bin/.installed: requirements-tools.txt
 run: $(BIN)/.installed
 	$(BIN)/tollgate serve --seed --with-schedules
 
-test: lint typecheck template unit
+test: lint typecheck template unit unit-production
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -43,8 +43,29 @@ template: $(TOOLS)/bin/.installed
 unit: $(BIN)/.installed
 	$(BIN)/pytest
 
+# The database tests again, in the template's function environment and through PgBouncer (transaction mode, the
+# local RDS Proxy); PgBouncer is unpacked from the distribution's package on first use (tests/tiers.py).
+unit-production: $(BIN)/.installed
+	@if bouncer=$$($(BIN)/python -m tollgate_local.pgbouncer ensure); then \
+		echo "production tier through $$bouncer"; \
+		PGBOUNCER=$$bouncer TOLLGATE_TEST_TIER=production $(BIN)/pytest; \
+	else \
+		echo "unit-production SKIPPED: PgBouncer cannot be installed here (reason above)"; \
+	fi
+
 build: $(TOOLS)/bin/.installed
 	$(TOOLS)/bin/sam build --template template.yaml
+	$(PYTHON) local/tollgate_local/layer.py .aws-sam/build/SharedLayer
+
+.PHONY: browser newcomer
+
+# Debian's chromium, for the browser tests of the local pages (they skip, saying so, without it).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# A newcomer's figures: .venv size, and `make run` until /health answers (--fresh-clone also times a first make test).
+newcomer: $(BIN)/.installed
+	$(BIN)/python bench/newcomer.py
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/coldstart.py

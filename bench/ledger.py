@@ -3,7 +3,8 @@
 Charges per second and p50/p99 latency with 1, 4 and 8 worker processes, spread over 1,000 users and all on
 one (hot) user, three ways, in the same run:
 - service: `tollgate.services.credits.record_usage` (what POST /credits/usage runs: a UnitOfWork, SQLAlchemy
-  session, pg8000, the ledger's charge committed as one statement), one process per worker as Lambdas are;
+  session, pg8000, the ledger's charge as one statement between BEGIN and COMMIT), one process per worker as
+  Lambdas are, with the connection settings template.yaml gives CreditsFunction (pool of 1, pre-ping on);
 - floor (pg8000): the same work as ONE raw SQL statement per charge - a conditional UPDATE of the account's
   balance and the ledger INSERT in one CTE - sent with pg8000 (autocommit) from as many Python processes;
 - floor (pgbench): that same statement driven by `pgbench` (shipped with the embedded PostgreSQL).
@@ -46,11 +47,24 @@ def _uid(group: int, n: int) -> uuid.UUID:
     return uuid.UUID(f"00000000-0000-0000-{group:04d}-{n:012d}")
 
 
+# The connection settings the template deploys for POST /credits/usage (pool size, pre-ping, timeout), read from
+# template.yaml, never restated here; only the database's address is local.
+TEMPLATE_DB_SETTINGS = ("DB_POOL_SIZE", "DB_POOL_PRE_PING", "DB_STATEMENT_TIMEOUT_MS")
+
+
+def template_db_environment() -> dict[str, str]:
+    from tollgate_local import TEMPLATE_PATH
+    from tollgate_local.template import Template
+
+    environment = Template(TEMPLATE_PATH).functions["CreditsFunction"].environment
+    return {name: str(environment[name]).lower() for name in TEMPLATE_DB_SETTINGS if name in environment}
+
+
 def _env() -> None:
     os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
     os.environ["POWERTOOLS_TRACE_DISABLED"] = "true"
     os.environ["POWERTOOLS_LOG_LEVEL"] = "ERROR"
-    os.environ["DB_POOL_SIZE"] = "1"
+    os.environ.update(template_db_environment())
 
 
 # --- workers (separate processes) -------------------------------------------------------------------------------
@@ -184,7 +198,7 @@ def _setup(tmp: Path) -> tuple[Any, str]:
     os.environ["DATABASE_URL"] = url
     get_settings.cache_clear()
     reset_engine()
-    upgrade("0002_ledger")  # the ledger's own schema (independent of other areas' branches)
+    upgrade("0007_ledger_rules")  # the ledger's own schema (independent of other areas' branches)
     return server, url
 
 
@@ -239,6 +253,7 @@ def main() -> int:
         t0 = time.perf_counter()
         _seed()
         print(f"seeded {2 * (SPREAD_USERS + 1) + 2} users in {time.perf_counter() - t0:.1f}s")
+        print("service connection settings (template.yaml, CreditsFunction):", template_db_environment())
         database = "tollgate_bench"
         spread = {
             1: [_uid(1, n) for n in range(1, SPREAD_USERS + 1)],

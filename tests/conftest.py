@@ -2,6 +2,7 @@
 
 Each test that touches the database asks for `db` and finds every table empty; what it committed is
 truncated afterwards, so tests may commit (and concurrency tests must) without seeing one another.
+`TOLLGATE_TEST_TIER=production` runs those tests in the deployed configuration instead (see tests/tiers.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ if "TOLLGATE_MAIL_DIR" not in os.environ:
 # A random access-token signing key per test run (never a fixed string; see tollgate.auth.access_tokens).
 os.environ.setdefault("JWT_SIGNING_KEY", os.urandom(32).hex())
 
+from tests import tiers
 from tollgate.config import Settings, get_settings
 from tollgate.db import UnitOfWork, get_engine
 from tollgate.db.engine import reset_engine
@@ -38,11 +40,44 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Copies of ../shared/fixtures (real provider payloads; see their SOURCES.md), so the repo tests on its own.
 PROVIDER_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "providers"
 TEST_DATABASE = "tollgate_test"
+TIER = tiers.selected_tier()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "direct_database(reason): cannot run through a pooler; skipped in the production tier"
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"tollgate test tier: {TIER}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if TIER != tiers.PRODUCTION_TIER:
+        return
+    # The production tier is about the database path: tests that never reach the database ran in the default tier.
+    kept = [item for item in items if "database_url" in getattr(item, "fixturenames", ())]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+    for item in items:
+        if (reason := tiers.direct_database_reason(item)) is not None:
+            item.add_marker(pytest.mark.skip(reason=f"not behind a pooler: {reason}"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if tiers.POOLER_PROBLEMS:
+        terminalreporter.section(f"PgBouncer logged {len(tiers.POOLER_PROBLEMS)} errors/warnings (last 20)")
+        for line in tiers.POOLER_PROBLEMS[-20:]:
+            terminalreporter.line(line)
 
 
 def use_database(url: str) -> None:
     """Point settings and the engine at `url` (as a fresh Lambda container would see it)."""
     os.environ["DATABASE_URL"] = url
+    if TIER == tiers.PRODUCTION_TIER:
+        tiers.point_at(url)
     get_settings.cache_clear()
     reset_engine()
 
@@ -61,13 +96,38 @@ def pg_server() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def database_url(pg_server: object) -> str:
+def database_url(pg_server: object) -> Iterator[str]:
     from tollgate_local.migrations import upgrade
 
     url: str = pg_server.get_uri(TEST_DATABASE)  # type: ignore[attr-defined]
-    use_database(url)
-    upgrade()
-    return url
+    if TIER != tiers.PRODUCTION_TIER:
+        use_database(url)
+        upgrade()
+        yield url
+        return
+    # Migrations straight to PostgreSQL (the deploy-time migration function does), the tests through the pooler.
+    from sqlalchemy import create_engine
+
+    from tollgate.db.engine import pg8000_url
+
+    direct = create_engine(pg8000_url(url))
+    with direct.begin() as conn:
+        upgrade(connection=conn)
+    direct.dispose()
+    tier = tiers.start_production_tier(pg_server, TEST_DATABASE)
+    use_database(tier.url)
+    yield tier.url
+    reset_engine()
+    tiers.stop_production_tier(tier)
+    shutil.rmtree(tier.bouncer.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def production_tier(database_url: str) -> tiers.ProductionTier:
+    """The running production tier (tests about the tier itself skip outside it)."""
+    if tiers.ACTIVE is None:
+        pytest.skip(f"runs in the production tier only ({tiers.TIER_VARIABLE}={tiers.PRODUCTION_TIER})")
+    return tiers.ACTIVE
 
 
 def _truncate_all() -> None:

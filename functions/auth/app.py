@@ -6,22 +6,25 @@ Nothing here logs a request body: passwords, tokens and codes never reach the lo
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
+from tollgate.auth.scopes import DEFAULT_SCOPES, Scope
 from tollgate.db import UnitOfWork
 from tollgate.http.api import JSON, create_app, current_principal
+from tollgate.http.edge import Cursor, Limit, StrictBody, Timestamp
 from tollgate.models import User
 from tollgate.observability import logger, metrics, tracer
 from tollgate.services import identity, oauth
-from tollgate.services.identity import ApiKeyView, ClientInfo, SessionView, TokenPair, TwoFactorChallenge
+from tollgate.services.identity import ApiKeyView, Caller, ClientInfo, SessionView, TokenPair, TwoFactorChallenge
 
 app = create_app("auth")
 
@@ -33,6 +36,10 @@ Email = Annotated[
 Password = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 Secret = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)]
 Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=6, max_length=6, pattern=r"^[0-9]{6}$")]
+# At sign-in (and step-up) a TOTP user may send one of their recovery codes instead ("abcde-fghij").
+CodeOrRecovery = Annotated[
+    str, StringConstraints(strip_whitespace=True, pattern=r"^([0-9]{6}|[A-Za-z0-9]{5}-?[A-Za-z0-9]{5})$")
+]
 Username = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9_.-]{3,64}$")]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
@@ -49,10 +56,6 @@ Timezone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_zone
 Language = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=16)]
 
 
-class StrictBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # --- bodies -------------------------------------------------------------------------------------------------
 class RegisterIn(StrictBody):
     email: Email
@@ -65,6 +68,11 @@ class TokenIn(StrictBody):
     token: Secret
 
 
+class VerifyEmailIn(StrictBody):
+    token: Secret
+    password: Password = Field(description="the password given when registering (the registration this link is for)")
+
+
 class LoginIn(StrictBody):
     email: Email
     password: Password
@@ -72,7 +80,14 @@ class LoginIn(StrictBody):
 
 class TwoFactorLoginIn(StrictBody):
     challenge_id: uuid.UUID
-    code: Code
+    code: CodeOrRecovery = Field(description="the 6-digit code, or (TOTP) one of the ten recovery codes")
+
+
+class ReauthenticateIn(StrictBody):
+    password: Password
+    code: CodeOrRecovery | None = Field(
+        default=None, description="with 2FA on: a TOTP or recovery code, or a mailed code (a call without one mails it)"
+    )
 
 
 class RefreshIn(StrictBody):
@@ -111,7 +126,14 @@ class PasswordIn(StrictBody):
 
 class ApiKeyIn(StrictBody):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+    scopes: list[Scope] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        description=f"what the key may do; default {list(DEFAULT_SCOPES)} (read-only). `admin` needs a staff role",
+    )
+    expires_at: Timestamp | None = Field(default=None, description="optional expiry (ISO 8601; in the future)")
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650, description="or an expiry in days")
 
 
 # --- answers ------------------------------------------------------------------------------------------------
@@ -188,6 +210,22 @@ class TotpSetupOut(BaseModel):
     otpauth_uri: str
 
 
+class TotpEnabledOut(TwoFactorStateOut):
+    recovery_codes: list[str] = Field(description="ten one-time codes, shown this once (stored hashed)")
+
+
+class RecoveryCodesOut(BaseModel):
+    recovery_codes: list[str] = Field(description="ten one-time codes, shown this once; earlier ones stop working")
+
+
+class ReauthenticatedOut(BaseModel):
+    access_token: str = Field(description="a new access token of the same session carrying the new auth_time")
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105  (the scheme name)
+    expires_in: int
+    auth_time: datetime
+    step_up_until: datetime = Field(description="credential changes are allowed until then")
+
+
 class AuthorizeOut(BaseModel):
     authorization_url: str
     state: str
@@ -221,6 +259,7 @@ class ApiKeyOut(BaseModel):
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    scopes: list[str]
 
     @classmethod
     def of(cls, view: ApiKeyView) -> ApiKeyOut:
@@ -236,13 +275,30 @@ class ApiKeysOut(BaseModel):
     next_cursor: str | None
 
 
-Cursor = Annotated[str | None, Query(max_length=64)]
-Limit = Annotated[int, Query(ge=1, le=100)]
-
-
 def _client() -> ClientInfo:
     http = app.current_event.request_context.http
     return ClientInfo(ip=http.source_ip or None, user_agent=http.user_agent or None)
+
+
+def _caller() -> Caller:
+    principal = current_principal(app)
+    return Caller(
+        user_id=principal.user_id,
+        session_id=principal.session_id,
+        api_key_id=principal.api_key_id,
+        auth_time=principal.auth_time,
+    )
+
+
+# OpenAPI: what credential changes answer without a fresh step-up (and what keys get).
+STEP_UP = (
+    " Needs a session token (never an API key: the authorizer refuses keys on credential routes) that proved the"
+    " password (and second factor) within STEP_UP_WINDOW_SECONDS (5 minutes): a sign-in or"
+    " POST /auth/reauthenticate. Mails a security notice with a one-time lock link."
+)
+STEP_UP_RESPONSES: dict[int, OpenAPIResponse] = {
+    403: {"description": "`reauthentication_required`: reauthenticate first (or an API key was used)"}
+}
 
 
 def _no_content() -> Response[str]:
@@ -256,13 +312,34 @@ def register(body: RegisterIn) -> tuple[StatusOut, int]:
     return StatusOut(status="verification_sent"), 202
 
 
-@app.post("/auth/verify-email", summary="Confirm an email address with the mailed token")
-def verify_email(body: TokenIn) -> StatusOut:
-    identity.verify_email(UnitOfWork(), body.token)
+@app.post(
+    "/auth/verify-email",
+    summary="Confirm an email address with the mailed token and the password it was registered with",
+    description=(
+        "`{token, password}`: succeeds only when `password` is the one of the registration this link belongs to"
+        " (so a link mailed for someone else's registration of your address cannot give his password your"
+        " account). A wrong password answers exactly like a bad link (400 `invalid_token`) and leaves the link"
+        " usable; it counts as a failed sign-in (429 `too_many_attempts` past the limit)."
+    ),
+    responses={
+        400: {"description": "`invalid_token`: the link is unknown, used or expired, or the password is not its"},
+        429: {"description": "`too_many_attempts`: too many failures for this account or from this IP"},
+    },
+)
+def verify_email(body: VerifyEmailIn) -> StatusOut:
+    identity.verify_email(UnitOfWork(), body.token, body.password, _client().ip)
     return StatusOut(status="verified")
 
 
-@app.post("/auth/login", summary="Sign in with email and password")
+@app.post(
+    "/auth/login",
+    summary="Sign in with email and password",
+    description=(
+        "An account whose address is not verified yet answers 401 `invalid_credentials`, exactly like a wrong"
+        " password; with the password of its newest pending registration, that registration's verification mail"
+        " is sent again (at most once per MAIL_MIN_INTERVAL_SECONDS)."
+    ),
+)
 def login(body: LoginIn) -> TokensOut | TwoFactorRequiredOut:
     outcome = identity.login(UnitOfWork(), body.email, body.password, _client())
     if isinstance(outcome, TwoFactorChallenge):
@@ -286,10 +363,30 @@ def forgot_password(body: ForgotIn) -> tuple[StatusOut, int]:
     return StatusOut(status="reset_requested"), 202
 
 
-@app.post("/auth/password/reset", summary="Set a new password with the mailed token; signs out everywhere")
+@app.post(
+    "/auth/password/reset",
+    summary="Set a new password with the mailed token; signs out everywhere",
+    description=(
+        "Revokes every session and every API key, and removes a second factor enrolled after the last completed"
+        " password sign-in. Mails a security notice."
+    ),
+)
 def reset_password(body: ResetIn) -> StatusOut:
     identity.reset_password(UnitOfWork(), body.token, body.password)
     return StatusOut(status="password_reset")
+
+
+@app.post(
+    "/auth/lock",
+    summary="Lock the account with the link of a security notice",
+    description=(
+        "Revokes every session and API key, turns off a second factor added since the notice, and stops the"
+        " password from working; a password reset link is mailed to recover the account."
+    ),
+)
+def lock_account(body: TokenIn) -> StatusOut:
+    identity.lock_account(UnitOfWork(), body.token)
+    return StatusOut(status="locked")
 
 
 @app.get(
@@ -325,17 +422,33 @@ def logout() -> Response[str]:
     return _no_content()
 
 
-@app.post("/auth/password/change", summary="Change the password (other sessions are signed out)")
-def change_password(body: ChangePasswordIn) -> StatusOut:
-    principal = current_principal(app)
-    identity.change_password(
-        UnitOfWork(),
-        principal.user_id,
-        principal.session_id,
-        body.current_password,
-        body.new_password,
-        _client().ip,
+@app.post(
+    "/auth/reauthenticate",
+    summary="Prove the password (and second factor) again: a fresh step-up window",
+    description=(
+        "Credential changes (API keys, 2FA, password, revoking other sessions) need it when the sign-in is older"
+        " than STEP_UP_WINDOW_SECONDS. Answers a new access token of the same session; use it for the change."
+    ),
+    responses={401: {"description": "`invalid_credentials` or `invalid_code` (with mailed 2FA: a code was sent)"}},
+)
+def reauthenticate(body: ReauthenticateIn) -> ReauthenticatedOut:
+    fresh = identity.reauthenticate(UnitOfWork(), _caller(), body.password, body.code, _client().ip)
+    return ReauthenticatedOut(
+        access_token=fresh.access_token,
+        expires_in=fresh.expires_in,
+        auth_time=fresh.auth_time,
+        step_up_until=fresh.step_up_until,
     )
+
+
+@app.post(
+    "/auth/password/change",
+    summary="Change the password (other sessions and every API key are revoked)",
+    description="This session stays signed in." + STEP_UP,
+    responses=STEP_UP_RESPONSES,
+)
+def change_password(body: ChangePasswordIn) -> StatusOut:
+    identity.change_password(UnitOfWork(), _caller(), body.current_password, body.new_password, _client().ip)
     return StatusOut(status="password_changed")
 
 
@@ -353,27 +466,57 @@ def update_me(body: ProfilePatch) -> ProfileOut:
     return ProfileOut.of(identity.update_profile(UnitOfWork(), current_principal(app).user_id, changes))
 
 
-@app.post("/auth/two-factor/email/enable", summary="Turn on 2FA by mailed code")
+@app.post(
+    "/auth/two-factor/email/enable",
+    summary="Turn on 2FA by mailed code",
+    description=STEP_UP.strip(),
+    responses=STEP_UP_RESPONSES,
+)
 def enable_email_two_factor() -> TwoFactorStateOut:
-    identity.enable_email_two_factor(UnitOfWork(), current_principal(app).user_id)
+    identity.enable_email_two_factor(UnitOfWork(), _caller())
     return TwoFactorStateOut(two_factor_enabled=True, method="email")
 
 
-@app.post("/auth/two-factor/totp/setup", summary="Start TOTP enrolment: a secret and its otpauth URI")
+@app.post(
+    "/auth/two-factor/totp/setup",
+    summary="Start TOTP enrolment: a secret and its otpauth URI",
+    description="The pending secret is stored sealed (AES-GCM)." + STEP_UP.split(" Mails")[0],
+    responses=STEP_UP_RESPONSES,
+)
 def setup_totp() -> TotpSetupOut:
-    setup = identity.setup_totp(UnitOfWork(), current_principal(app).user_id)
+    setup = identity.setup_totp(UnitOfWork(), _caller())
     return TotpSetupOut(secret=setup.secret, otpauth_uri=setup.otpauth_uri)
 
 
-@app.post("/auth/two-factor/totp/enable", summary="Finish TOTP enrolment with a valid code")
-def enable_totp(body: CodeIn) -> TwoFactorStateOut:
-    identity.enable_totp(UnitOfWork(), current_principal(app).user_id, body.code)
-    return TwoFactorStateOut(two_factor_enabled=True, method="totp")
+@app.post(
+    "/auth/two-factor/totp/enable",
+    summary="Finish TOTP enrolment with a valid code; answers ten recovery codes",
+    description="Each recovery code works once in place of a TOTP code at sign-in." + STEP_UP,
+    responses=STEP_UP_RESPONSES,
+)
+def enable_totp(body: CodeIn) -> TotpEnabledOut:
+    codes = identity.enable_totp(UnitOfWork(), _caller(), body.code)
+    return TotpEnabledOut(two_factor_enabled=True, method="totp", recovery_codes=codes)
 
 
-@app.post("/auth/two-factor/disable", summary="Turn 2FA off (needs the password)")
+@app.post(
+    "/auth/two-factor/recovery-codes",
+    summary="Ten new one-time recovery codes for TOTP sign-in (the earlier ones stop working)",
+    description=STEP_UP.strip(),
+    responses=STEP_UP_RESPONSES,
+)
+def regenerate_recovery_codes() -> RecoveryCodesOut:
+    return RecoveryCodesOut(recovery_codes=identity.regenerate_recovery_codes(UnitOfWork(), _caller()))
+
+
+@app.post(
+    "/auth/two-factor/disable",
+    summary="Turn 2FA off (needs the password)",
+    description=STEP_UP.strip(),
+    responses=STEP_UP_RESPONSES,
+)
 def disable_two_factor(body: PasswordIn) -> TwoFactorStateOut:
-    identity.disable_two_factor(UnitOfWork(), current_principal(app).user_id, body.password, _client().ip)
+    identity.disable_two_factor(UnitOfWork(), _caller(), body.password, _client().ip)
     return TwoFactorStateOut(two_factor_enabled=False, method=None)
 
 
@@ -384,15 +527,35 @@ def list_sessions(cursor: Cursor = None, limit: Limit = 20) -> SessionsOut:
     return SessionsOut(items=[SessionOut.of(s) for s in page.items], next_cursor=page.next_cursor)
 
 
-@app.delete("/auth/sessions/<session_id>", summary="Revoke one of the caller's sessions")
+@app.delete(
+    "/auth/sessions/<session_id>",
+    summary="Revoke one of the caller's sessions",
+    description="Revoking the current session is a logout; revoking another one is a credential change."
+    + STEP_UP.split(" Mails")[0],
+    responses=STEP_UP_RESPONSES,
+)
 def revoke_session(session_id: uuid.UUID) -> Response[str]:
-    identity.revoke_session(UnitOfWork(), current_principal(app).user_id, session_id)
+    identity.revoke_session(UnitOfWork(), _caller(), session_id)
     return _no_content()
 
 
-@app.post("/auth/api-keys", summary="Create an API key (the secret is shown once)")
+@app.post(
+    "/auth/api-keys",
+    summary="Create a scoped API key (the secret is shown once)",
+    description=(
+        "A key holds only its scopes (profile:read, credits:read, credits:write, rag, billing:read, admin; default"
+        " profile:read + credits:read) and never reaches /auth/* credential routes; every route declares the"
+        " scope it needs (tollgate/auth/scopes.py)." + STEP_UP
+    ),
+    responses=STEP_UP_RESPONSES,
+)
 def create_api_key(body: ApiKeyIn) -> tuple[NewApiKeyOut, int]:
-    created = identity.create_api_key(UnitOfWork(), current_principal(app).user_id, body.name, body.expires_in_days)
+    expires_at = body.expires_at
+    if expires_at is None and body.expires_in_days:
+        expires_at = datetime.now(UTC) + timedelta(days=body.expires_in_days)
+    created = identity.create_api_key(
+        UnitOfWork(), _caller(), body.name, scopes=list(body.scopes) if body.scopes else None, expires_at=expires_at
+    )
     return NewApiKeyOut(key=created.key, **ApiKeyOut.of(created.view).model_dump()), 201
 
 

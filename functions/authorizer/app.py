@@ -1,7 +1,9 @@
 """The Lambda authorizer of the HTTP API (payload 2.0, simple responses).
 
 It accepts `Authorization: Bearer <token>` (a Tollgate access token, or a Clerk session token when
-AUTH_MODE=clerk) or `X-Api-Key: <key>`, and passes `user_id`, `role`, `session_id` and `tier` in its context.
+AUTH_MODE=clerk) or `X-Api-Key: <key>`, and passes `user_id`, `role`, `session_id`, `tier`, `credential`,
+`scopes` and `auth_time` in its context. A key reaches only the routes whose declared scope it holds
+(tollgate.auth.scopes); credential routes admit sessions only.
 API Gateway's own authorizer cache is off (no identity source, ReauthorizeEvery 0); this container keeps a
 short cache of verdicts keyed by the token's hash instead (AUTHORIZER_CACHE_SECONDS, never past the token's
 expiry; denials for 5 seconds), so revocation takes effect within that delay.
@@ -78,8 +80,18 @@ def _credential(headers: dict[str, str]) -> tuple[str, str] | None:
 
 def decide(event: dict[str, Any]) -> dict[str, Any]:
     answer = _verdict(event)
-    if answer.get("isAuthorized") and not allows_route(answer["context"].get("status", ""), event.get("routeKey", "")):
-        return DENY  # a locked account outside the routes that let it pay (the verdict itself stays cached)
+    if answer.get("isAuthorized"):
+        context = answer["context"]
+        allowed = allows_route(
+            context.get("status", ""),
+            event.get("routeKey", ""),
+            context.get("credential", "session"),
+            context.get("scopes", ""),
+        )
+        if not allowed:
+            # A key without the route's scope (or on a credential route), or a locked account outside the routes
+            # that let it pay; the verdict itself stays cached.
+            return DENY
     return answer
 
 

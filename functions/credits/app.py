@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstr
 from tollgate.db import UnitOfWork
 from tollgate.errors import ValidationFailed
 from tollgate.http.api import create_app, current_principal
+from tollgate.http.edge import Cursor, Limit, OptionalTimestampQuery, StrictBody, Timestamp, idempotency_key
 from tollgate.ledger import SCALE
 from tollgate.observability import logger, metrics, tracer
 from tollgate.services import credits, credits_admin
@@ -47,12 +48,6 @@ Currency = Annotated[str, StringConstraints(pattern=r"^[A-Za-z]{3}$", to_lower=T
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 ProviderId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
-Cursor = Annotated[str | None, Query(max_length=512)]
-Limit = Annotated[int, Query(ge=1, le=100)]
-
-
-class StrictBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # --- bodies ---------------------------------------------------------------------------------------------------
@@ -87,7 +82,7 @@ class SettingsIn(StrictBody):
 class AdjustmentIn(StrictBody):
     amount: CreditsIn
     reason: Reason
-    expires_at: datetime | None = None
+    expires_at: Timestamp | None = None
 
 
 class RefundIn(StrictBody):
@@ -392,17 +387,6 @@ class ReconcileOut(BaseModel):
 
 
 # --- edge helpers ---------------------------------------------------------------------------------------------
-def _idempotency_key() -> str | None:
-    key = app.current_event.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 255 or not all(32 <= ord(ch) < 127 for ch in key):
-        raise ValidationFailed(
-            "Idempotency-Key must be 1-255 printable ASCII characters", details={"header": "Idempotency-Key"}
-        )
-    return key
-
-
 def _actor() -> credits_admin.Actor:
     principal = current_principal(app)
     return credits_admin.Actor(user_id=principal.user_id, role=principal.role)
@@ -443,7 +427,7 @@ def get_balance() -> BalanceOut:
 def record_usage(body: UsageIn) -> tuple[ChargeOut, int]:
     result = credits.record_usage(
         UnitOfWork(), _user_id(), operation=body.operation, quantity=body.quantity, metadata=body.metadata,
-        idempotency_key=_idempotency_key(),
+        idempotency_key=idempotency_key(app),
     )  # fmt: skip
     return ChargeOut(transaction_id=result.transaction_id, charged=result.charged, balance=result.balance), 201
 
@@ -452,7 +436,7 @@ def record_usage(body: UsageIn) -> tuple[ChargeOut, int]:
 def create_hold(body: HoldIn) -> tuple[HoldOut, int]:
     result = credits.create_hold(
         UnitOfWork(), _user_id(), operation=body.operation, quantity=body.quantity, amount=body.amount,
-        ttl_seconds=body.ttl_seconds, idempotency_key=_idempotency_key(), metadata=body.metadata,
+        ttl_seconds=body.ttl_seconds, idempotency_key=idempotency_key(app), metadata=body.metadata,
     )  # fmt: skip
     return HoldOut(hold_id=result.hold_id, amount=result.amount, expires_at=result.expires_at), 201
 
@@ -460,7 +444,7 @@ def create_hold(body: HoldIn) -> tuple[HoldOut, int]:
 @app.post("/credits/holds/<hold_id>/capture", summary="Charge part or all of a hold; the rest goes back")
 def capture_hold(hold_id: uuid.UUID, body: CaptureIn) -> CaptureOut:
     result = credits.capture_hold(
-        UnitOfWork(), _user_id(), hold_id, amount=body.amount, idempotency_key=_idempotency_key()
+        UnitOfWork(), _user_id(), hold_id, amount=body.amount, idempotency_key=idempotency_key(app)
     )
     return CaptureOut(
         transaction_id=result.transaction_id, charged=result.charged, released=result.released, balance=result.balance
@@ -477,8 +461,8 @@ def release_hold(hold_id: uuid.UUID) -> ReleaseOut:
 def list_transactions(
     type: Annotated[str | None, Query(max_length=32)] = None,
     operation: Annotated[str | None, Query(max_length=64)] = None,
-    since: Annotated[datetime | None, Query()] = None,
-    until: Annotated[datetime | None, Query()] = None,
+    since: OptionalTimestampQuery = None,
+    until: OptionalTimestampQuery = None,
     cursor: Cursor = None,
     limit: Limit = 20,
 ) -> TransactionPageOut:
@@ -539,7 +523,7 @@ def credit_packs(cursor: Cursor = None, limit: Limit = 20) -> PackPageOut:
 def admin_charge(user_id: uuid.UUID, body: UsageIn) -> tuple[ChargeOut, int]:
     result = credits_admin.charge_user(
         UnitOfWork(), _actor(), user_id, operation=body.operation, quantity=body.quantity, metadata=body.metadata,
-        idempotency_key=_idempotency_key(),
+        idempotency_key=idempotency_key(app),
     )  # fmt: skip
     return ChargeOut(transaction_id=result.transaction_id, charged=result.charged, balance=result.balance), 201
 
@@ -548,7 +532,7 @@ def admin_charge(user_id: uuid.UUID, body: UsageIn) -> tuple[ChargeOut, int]:
 def admin_adjust(user_id: uuid.UUID, body: AdjustmentIn) -> tuple[AdjustmentOut, int]:
     result = credits_admin.adjust_user(
         UnitOfWork(), _actor(), user_id, amount=body.amount, reason=body.reason, expires_at=body.expires_at,
-        idempotency_key=_idempotency_key(),
+        idempotency_key=idempotency_key(app),
     )  # fmt: skip
     out = AdjustmentOut(
         transaction_id=result.transaction_id, amount=result.amount, balance=result.balance, grant_id=result.grant_id
@@ -560,7 +544,7 @@ def admin_adjust(user_id: uuid.UUID, body: AdjustmentIn) -> tuple[AdjustmentOut,
 def admin_refund(body: RefundIn) -> tuple[RefundOut, int]:
     result = credits_admin.refund_transaction(
         UnitOfWork(), _actor(), transaction_id=body.transaction_id, amount=body.amount, reason=body.reason,
-        idempotency_key=_idempotency_key(),
+        idempotency_key=idempotency_key(app),
     )  # fmt: skip
     out = RefundOut(
         transaction_id=result.transaction_id, refunded_transaction_id=body.transaction_id, refunded=result.refunded,

@@ -11,11 +11,12 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from tollgate.db import UnitOfWork
-from tollgate.errors import Forbidden, ValidationFailed
+from tollgate.errors import Forbidden
 from tollgate.http.api import Principal, create_app, current_principal
+from tollgate.http.edge import Cursor, Limit, StrictBody, idempotency_key
 from tollgate.observability import logger, metrics, tracer
 from tollgate.services import rag_ask, rag_ingest, rag_search
 
@@ -25,13 +26,7 @@ Category = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 Answer = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20_000)]
 Source = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Cursor = Annotated[str | None, Query(max_length=64)]
-Limit = Annotated[int, Query(ge=1, le=100)]
 MAX_DOCUMENTS = 500
-
-
-class StrictBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 # --- bodies -------------------------------------------------------------------------------------------------
@@ -184,17 +179,6 @@ def _admin() -> Principal:
     return principal
 
 
-def _idempotency_key() -> str | None:
-    key = app.current_event.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 255 or not all(32 <= ord(ch) < 127 for ch in key):
-        raise ValidationFailed(
-            "Idempotency-Key must be 1-255 printable ASCII characters", details={"header": "Idempotency-Key"}
-        )
-    return key
-
-
 def _conversation_out(c: Any) -> dict[str, Any]:
     return {
         "id": c.id,
@@ -278,7 +262,7 @@ def search(body: SearchIn) -> SearchOut:
         threshold=body.threshold,
         category=body.category,
         mode=body.mode,
-        idempotency_key=_idempotency_key(),
+        idempotency_key=idempotency_key(app),
     )
     return SearchOut(
         results=[SearchResultOut(**r) for r in outcome.results],
@@ -297,7 +281,7 @@ def ask(body: AskIn) -> AskOut:
         body.question,
         conversation_id=body.conversation_id,
         tier=principal.tier,
-        idempotency_key=_idempotency_key(),
+        idempotency_key=idempotency_key(app),
     )
     return AskOut.model_validate(
         {

@@ -8,24 +8,21 @@ import base64
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, Field, HttpUrl
 
 from tollgate.db import UnitOfWork
-from tollgate.errors import BadRequest, ValidationFailed
+from tollgate.errors import BadRequest
 from tollgate.http.api import create_app, current_principal
+from tollgate.http.edge import Cursor, Limit, idempotency_key
 from tollgate.models.payments import Invoice, Purchase
 from tollgate.observability import logger, metrics, tracer
 from tollgate.services import billing, webhooks
 
 app = create_app("webhooks")
-
-Cursor = Annotated[str | None, Query(max_length=512)]
-Limit = Annotated[int, Query(ge=1, le=100)]
 
 
 # --- bodies and answers ----------------------------------------------------------------------------------------
@@ -129,17 +126,6 @@ class ReplayOut(WebhookOut):
 
 
 # --- edge helpers ----------------------------------------------------------------------------------------------
-def _idempotency_key() -> str | None:
-    key = app.current_event.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 255 or not all(32 <= ord(ch) < 127 for ch in key):
-        raise ValidationFailed(
-            "Idempotency-Key must be 1-255 printable ASCII characters", details={"header": "Idempotency-Key"}
-        )
-    return key
-
-
 def _raw_body() -> bytes:
     event = app.current_event.raw_event
     body = event.get("body") or ""
@@ -187,7 +173,7 @@ def checkout(body: CheckoutIn) -> CheckoutOut:
     result = billing.create_checkout(
         UnitOfWork(), current_principal(app).user_id, provider=body.provider, kind=body.kind, item_id=body.item_id,
         success_url=str(body.success_url), cancel_url=str(body.cancel_url), interval=body.interval,
-        idempotency_key=_idempotency_key(),
+        idempotency_key=idempotency_key(app),
     )  # fmt: skip
     return CheckoutOut(url=result.url, provider=result.provider, session_id=result.session_id)
 

@@ -1,7 +1,8 @@
 """The local gateway: serves every HttpApi route of template.yaml on 127.0.0.1 like API Gateway would.
 
 For each request it builds the payload v2.0 event, runs the route's Lambda authorizer (simple responses),
-calls the real handler with a Lambda context and turns the result back into HTTP.
+calls the real handler with a Lambda context and turns the result back into HTTP. Requests are served
+concurrently, each function instance taking one request at a time (see runtime.FunctionRunner), as on Lambda.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from tollgate_local import local_pages
 from tollgate_local.events import (
     HttpRequest,
     HttpResponse,
@@ -22,12 +24,12 @@ from tollgate_local.events import (
     build_http_event,
     read_http_result,
 )
-from tollgate_local.openapi import merged_openapi, swagger_html
-from tollgate_local.runtime import FunctionRunner
+from tollgate_local.runtime import DEFAULT_MAX_INSTANCES, FunctionRunner
 from tollgate_local.template import RouteDef, Template
 
 log = logging.getLogger("tollgate_local.gateway")
 JSON_HEADERS = [("content-type", "application/json")]
+LISTEN_BACKLOG = 128
 
 
 def _error(status: int, code: str, message: str, extra_headers: list[tuple[str, str]] | None = None) -> HttpResponse:
@@ -68,11 +70,9 @@ class Gateway:
         return HttpResponse(403, JSON_HEADERS, b'{"message":"Forbidden"}')
 
     def handle(self, request: HttpRequest) -> HttpResponse:
-        if request.method == "GET" and request.raw_path == "/openapi.json":
-            body = json.dumps(merged_openapi(self)).encode()
-            return HttpResponse(200, JSON_HEADERS, body)
-        if request.method == "GET" and request.raw_path in {"/docs", "/docs/"}:
-            return HttpResponse(200, [("content-type", "text/html; charset=utf-8")], swagger_html().encode())
+        page = local_pages.serve(self, request)  # /docs, /openapi.json and the dev-only /_local/* pages
+        if page is not None:
+            return page
 
         route, params, allowed = self.match(request.method, request.raw_path)
         if route is None:
@@ -130,12 +130,22 @@ class _RequestHandler(BaseHTTPRequestHandler):
         log.info("%s %s", self.address_string(), format % args)
 
 
-def make_server(template_path: Path, host: str, port: int) -> ThreadingHTTPServer:
-    gateway = Gateway(Template(template_path))
+class GatewayServer(ThreadingHTTPServer):
+    """A thread per connection, and a listen backlog a burst of clients fits in (socketserver's default is 5:
+    the sixth client connecting at once would wait for a SYN retry or be reset)."""
+
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
+
+
+def make_server(
+    template_path: Path, host: str, port: int, *, max_instances: int = DEFAULT_MAX_INSTANCES
+) -> GatewayServer:
+    """The gateway for `template_path` on (host, port), at most `max_instances` instances per function."""
+    template = Template(template_path)
+    gateway = Gateway(template, FunctionRunner(template.functions, max_instances))
     handler = type("BoundHandler", (_RequestHandler,), {"gateway": gateway})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return GatewayServer((host, port), handler)
 
 
 def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:

@@ -22,6 +22,15 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def upgrade(target: str = "heads", connection: Connection | None = None) -> None:
     command.upgrade(alembic_config(connection), target)
+    if connection is None:
+        _reconnect()
+
+
+def _reconnect() -> None:
+    # Pooled connections opened before the migration lack the role defaults it sets (the statement timeout).
+    from tollgate.db.engine import get_engine
+
+    get_engine().dispose()
 
 
 def downgrade(target: str, connection: Connection | None = None) -> None:

@@ -130,7 +130,8 @@ def _seed_knowledge_base(uow: UnitOfWork, content: Any) -> int:
     folder = Path(spec.get("path", "knowledge"))
     if not folder.is_absolute():
         folder = Path(__file__).parent / folder
-    totals = ingest_path(folder, show_progress=False)
+    # Embedding the example set takes seconds on first start: show it where someone watches.
+    totals = ingest_path(folder, show_progress=sys.stderr.isatty())
     return totals["created"] + totals["updated"]
 
 

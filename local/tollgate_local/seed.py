@@ -31,7 +31,10 @@ def loader(section: str) -> Callable[[SectionLoader], SectionLoader]:
 
 
 def seed(path: Path = DEFAULT_SEED_FILE) -> dict[str, int]:
-    """Load every section that has a loader, in one transaction. Returns rows written per section."""
+    """Load every section that has a loader, each in its own transaction (a loader such as the knowledge base
+    runs short transactions of its own, which must not wait for a connection the seed holds: the functions'
+    pool has one). Seeding is idempotent, so a section that fails can be loaded again. Returns rows written per
+    section."""
     # Loaders live beside their area's code and register themselves when imported.
     from tollgate_local import rag_cli, seed_catalogue  # noqa: F401  (knowledge_base; plans, packs, costs)
 
@@ -39,12 +42,12 @@ def seed(path: Path = DEFAULT_SEED_FILE) -> dict[str, int]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the seed file must be a mapping of sections")
     written: dict[str, int] = {}
-    with UnitOfWork() as uow:
-        for section, content in data.items():
-            load = LOADERS.get(section)
-            if load is None:
-                log.warning("seed: no loader for section %r yet; skipped", section)
-                continue
+    for section, content in data.items():
+        load = LOADERS.get(section)
+        if load is None:
+            log.warning("seed: no loader for section %r yet; skipped", section)
+            continue
+        with UnitOfWork() as uow:
             written[section] = load(uow, content)
-        uow.commit()
+            uow.commit()
     return written

@@ -82,3 +82,29 @@ def load_feature_costs(uow: UnitOfWork, content: Any) -> int:
         settings.feature_costs = costs
         uow.session.flush()
     return written
+
+
+@loader("credit_settings")
+def load_credit_settings(uow: UnitOfWork, content: Any) -> int:
+    """The purchased-credits policy of a fresh local database, unless an admin has ever set it.
+
+    `allow_bonus_auto_use_toggle: false` means a bought pack is spent once the free credits run out; an admin
+    who wants seed 001's per-user "extra usage" toggle turns it on (PUT /admin/credits/settings), and from then
+    on seeding leaves the policy alone (the audit log remembers the choice).
+    """
+    if content is None:
+        return 0
+    if not isinstance(content, dict) or set(content) - {"allow_bonus_auto_use_toggle"}:
+        raise ValueError("seed section 'credit_settings' takes only allow_bonus_auto_use_toggle")
+    if "allow_bonus_auto_use_toggle" not in content:
+        return 0
+    uow.session.execute(text("INSERT INTO admin_settings (id) VALUES (1) ON CONFLICT DO NOTHING"))
+    changed = uow.session.execute(
+        text(
+            "UPDATE admin_settings SET allow_bonus_auto_use_toggle = :value WHERE id = 1"
+            " AND allow_bonus_auto_use_toggle IS DISTINCT FROM :value"
+            " AND NOT EXISTS (SELECT 1 FROM audit_logs WHERE action = 'credits.bonus_auto_use_policy')"
+        ),
+        {"value": bool(content["allow_bonus_auto_use_toggle"])},
+    )
+    return int(getattr(changed, "rowcount", 0) or 0)

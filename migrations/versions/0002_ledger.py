@@ -10,6 +10,7 @@ Create Date: 2026-11-24
 """
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import op
@@ -38,221 +39,18 @@ def _ts(name: str, *, nullable: bool = False) -> sa.Column:  # type: ignore[type
     return sa.Column(name, sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now())
 
 
-FUNCTIONS = r"""
--- The ledger refuses UPDATE, DELETE and TRUNCATE: a correction is a new row that reverses an old one.
-CREATE FUNCTION tollgate_ledger_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'credit_transactions is append-only (% refused)', TG_OP
-        USING ERRCODE = 'insufficient_privilege';
-END $$;
-
-CREATE TRIGGER credit_transactions_immutable BEFORE UPDATE OR DELETE ON credit_transactions
-    FOR EACH ROW EXECUTE FUNCTION tollgate_ledger_immutable();
-CREATE TRIGGER credit_transactions_no_truncate BEFORE TRUNCATE ON credit_transactions
-    FOR EACH STATEMENT EXECUTE FUNCTION tollgate_ledger_immutable();
-
--- The caller's account row, created on first use (race-safe) and locked FOR UPDATE. Every ledger mutation
--- starts here: the account row is the one lock that serialises a user's credits (grants are touched only
--- while it is held, in draw order).
-CREATE FUNCTION tollgate_lock_account(p_user uuid, p_now timestamptz) RETURNS SETOF credit_accounts
-LANGUAGE plpgsql AS $$
-DECLARE
-    a credit_accounts%ROWTYPE;
-BEGIN
-    SELECT * INTO a FROM credit_accounts WHERE user_id = p_user FOR UPDATE;
-    IF NOT FOUND THEN
-        INSERT INTO credit_accounts (user_id, created_at, updated_at) VALUES (p_user, p_now, p_now)
-            ON CONFLICT DO NOTHING;
-        SELECT * INTO a FROM credit_accounts WHERE user_id = p_user FOR UPDATE;
-    END IF;
-    RETURN NEXT a;
-END $$;
-
--- The cost of one unit of an operation for the user's plan (a plan override first), and whether users may
--- choose to use purchased credits automatically (when they may not, purchased credits are always used).
-CREATE FUNCTION tollgate_pricing(p_user uuid, p_operation text, OUT cost numeric, OUT toggle_allowed boolean)
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(s.plan_feature_costs -> u.tier ->> p_operation, s.feature_costs ->> p_operation)::numeric,
-           coalesce(s.allow_bonus_auto_use_toggle, true)
-    FROM users u LEFT JOIN admin_settings s ON s.id = 1
-    WHERE u.id = p_user
-$$;
-
--- Which grants a deduction of p_amount draws from, without writing anything: free grants (allowance,
--- signup, promo, adjustments) before purchased packs (only when p_allow_packs), soonest expiry first, then
--- oldest; what grants cannot cover comes from the account's credit line (floor below zero). When even that
--- is not enough, ok is false and available says what could have been drawn.
-CREATE FUNCTION tollgate_plan_draw(
-    p_user uuid, p_amount numeric, p_allow_packs boolean, p_now timestamptz,
-    OUT ok boolean, OUT grant_ids uuid[], OUT takes numeric[], OUT line numeric, OUT available numeric)
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_need numeric := p_amount;
-    v_total numeric := 0;
-    v_take numeric;
-    v_room numeric;
-    r record;
-BEGIN
-    grant_ids := '{}';
-    takes := '{}';
-    line := 0;
-    IF v_need > 0 THEN
-        FOR r IN
-            SELECT id, remaining FROM credit_grants
-            WHERE user_id = p_user AND status = 'active' AND remaining > 0
-              AND (expires_at IS NULL OR expires_at > p_now)
-              AND (p_allow_packs OR priority = 0)
-            ORDER BY priority, expires_at ASC NULLS LAST, created_at, id
-        LOOP
-            v_total := v_total + r.remaining;
-            IF v_need > 0 THEN
-                v_take := least(r.remaining, v_need);
-                grant_ids := grant_ids || r.id;
-                takes := takes || v_take;
-                v_need := v_need - v_take;
-            END IF;
-            EXIT WHEN v_need = 0;
-        END LOOP;
-    END IF;
-    SELECT -a.floor - a.debt INTO v_room FROM credit_accounts a WHERE a.user_id = p_user;
-    IF v_need > 0 THEN
-        IF v_need > v_room THEN
-            ok := false;
-            available := v_total + v_room;
-            RETURN;
-        END IF;
-        line := v_need;
-    END IF;
-    ok := true;
-END $$;
-
--- Apply a planned draw: take from the grants and record each part (the credit-line part with no grant).
--- The caller updates the account (balance, held, debt).
-CREATE FUNCTION tollgate_apply_draw(
-    p_user uuid, p_origin uuid, p_transaction uuid, p_hold uuid,
-    p_grant_ids uuid[], p_takes numeric[], p_line numeric, p_now timestamptz) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE credit_grants g SET remaining = g.remaining - d.take, updated_at = p_now
-        FROM unnest(p_grant_ids, p_takes) AS d(id, take) WHERE g.id = d.id;
-    INSERT INTO credit_draws (origin_id, seq, user_id, grant_id, transaction_id, hold_id, amount, returned)
-        SELECT p_origin, d.ord, p_user, d.id, p_transaction, p_hold, d.take, 0
-        FROM unnest(p_grant_ids, p_takes) WITH ORDINALITY AS d(id, take, ord);
-    IF p_line > 0 THEN
-        INSERT INTO credit_draws (origin_id, seq, user_id, grant_id, transaction_id, hold_id, amount, returned)
-            VALUES (p_origin, coalesce(array_length(p_grant_ids, 1), 0) + 1, p_user, NULL, p_transaction,
-                    p_hold, p_line, 0);
-    END IF;
-END $$;
-
--- A charge in one round trip: lock the account, answer a repeated idempotency key, price the operation,
--- draw, write the ledger row and the draws, update the account. status is one of ok, replay, conflict,
--- insufficient, unknown_operation; nothing is written unless it is ok (beyond creating an empty account).
--- Inlined (no nested calls) with a fast path for the common case - the first grant in draw order covers
--- the whole charge - because the account row stays locked for as long as this runs.
-CREATE FUNCTION tollgate_charge(
-    p_user uuid, p_tx uuid, p_operation text, p_quantity numeric, p_amount numeric,
-    p_key text, p_hash text, p_metadata jsonb, p_now timestamptz,
-    OUT status text, OUT transaction_id uuid, OUT charged numeric, OUT balance numeric,
-    OUT available numeric)
-LANGUAGE plpgsql AS $$
-DECLARE
-    a record;
-    t record;
-    d record;
-    v_amount numeric;
-    v_allow boolean;
-    v_line numeric := 0;
-    v_rows integer := 0;
-BEGIN
-    -- The lock, the price and the bonus rule in one statement.
-    SELECT ca.balance, ca.held, ca.debt, ca.bonus_auto_use,
-           coalesce(s.plan_feature_costs -> u.tier ->> p_operation, s.feature_costs ->> p_operation)::numeric AS cost,
-           coalesce(s.allow_bonus_auto_use_toggle, true) AS toggle_allowed
-        INTO a
-        FROM credit_accounts ca JOIN users u ON u.id = ca.user_id LEFT JOIN admin_settings s ON s.id = 1
-        WHERE ca.user_id = p_user
-        FOR UPDATE OF ca;
-    IF NOT FOUND THEN
-        INSERT INTO credit_accounts (user_id, created_at, updated_at) VALUES (p_user, p_now, p_now)
-            ON CONFLICT DO NOTHING;
-        SELECT ca.balance, ca.held, ca.debt, ca.bonus_auto_use,
-               coalesce(s.plan_feature_costs -> u.tier ->> p_operation, s.feature_costs ->> p_operation)::numeric
-                   AS cost,
-               coalesce(s.allow_bonus_auto_use_toggle, true) AS toggle_allowed
-            INTO a
-            FROM credit_accounts ca JOIN users u ON u.id = ca.user_id LEFT JOIN admin_settings s ON s.id = 1
-            WHERE ca.user_id = p_user
-            FOR UPDATE OF ca;
-    END IF;
-    IF p_key IS NOT NULL THEN
-        SELECT c.id, c.amount, c.balance_after, c.request_hash INTO t FROM credit_transactions c
-            WHERE c.user_id = p_user AND c.idempotency_key = p_key;
-        IF FOUND THEN
-            transaction_id := t.id;
-            IF t.request_hash IS DISTINCT FROM p_hash THEN
-                status := 'conflict';
-                RETURN;
-            END IF;
-            status := 'replay';
-            charged := -t.amount;
-            balance := t.balance_after;
-            RETURN;
-        END IF;
-    END IF;
-    IF p_amount IS NOT NULL THEN
-        v_amount := p_amount;
-    ELSIF a.cost IS NULL THEN
-        status := 'unknown_operation';
-        RETURN;
-    ELSE
-        -- Over-precise products are rounded up to the ledger's scale (4 decimals).
-        v_amount := (ceil(a.cost * p_quantity * 10000) / 10000)::numeric(18, 4);
-    END IF;
-    v_allow := a.bonus_auto_use OR NOT a.toggle_allowed;
-    IF v_amount > 0 THEN
-        -- Fast path: the first grant in draw order covers the whole charge.
-        WITH g AS (
-            UPDATE credit_grants cg SET remaining = cg.remaining - v_amount, updated_at = p_now
-            WHERE cg.id = (
-                    SELECT x.id FROM credit_grants x
-                    WHERE x.user_id = p_user AND x.status = 'active' AND x.remaining > 0
-                      AND (x.expires_at IS NULL OR x.expires_at > p_now) AND (v_allow OR x.priority = 0)
-                    ORDER BY x.priority, x.expires_at ASC NULLS LAST, x.created_at, x.id
-                    LIMIT 1)
-              AND cg.remaining >= v_amount
-            RETURNING cg.id)
-        INSERT INTO credit_draws (origin_id, seq, user_id, grant_id, transaction_id, hold_id, amount, returned)
-            SELECT p_tx, 1, p_user, g.id, p_tx, NULL, v_amount, 0 FROM g;
-        GET DIAGNOSTICS v_rows = ROW_COUNT;
-    END IF;
-    IF v_rows = 0 THEN
-        SELECT * INTO d FROM tollgate_plan_draw(p_user, v_amount, v_allow, p_now);
-        IF NOT d.ok THEN
-            status := 'insufficient';
-            charged := v_amount;
-            balance := a.balance;
-            available := d.available;
-            RETURN;
-        END IF;
-        PERFORM tollgate_apply_draw(p_user, p_tx, p_tx, NULL, d.grant_ids, d.takes, d.line, p_now);
-        v_line := d.line;
-    END IF;
-    WITH acc AS (
-        UPDATE credit_accounts ca SET balance = ca.balance - v_amount, debt = ca.debt + v_line, updated_at = p_now
-        WHERE ca.user_id = p_user
-        RETURNING ca.balance)
-    INSERT INTO credit_transactions (id, user_id, type, amount, balance_after, operation, quantity,
-                                     idempotency_key, request_hash, metadata, created_at)
-        SELECT p_tx, p_user, 'usage', -v_amount, acc.balance, p_operation, p_quantity,
-               p_key, p_hash, coalesce(p_metadata, '{}'::jsonb), p_now
-        FROM acc;
-    status := 'ok';
-    transaction_id := p_tx;
-    charged := v_amount;
-    balance := a.balance - v_amount;
-END $$;
-"""
+# The ledger's functions as this revision created them: frozen version-1 files (a later revision loads its own
+# versions, and its downgrade loads these again).
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql" / "ledger"
+FUNCTION_FILES = (
+    "tollgate_ledger_immutable.v1",
+    "tollgate_lock_account.v1",
+    "tollgate_pricing.v1",
+    "tollgate_plan_draw.v1",
+    "tollgate_apply_draw.v1",
+    "tollgate_charge.v1",
+)
+FUNCTIONS = "\n".join((SQL_DIR / f"{name}.sql").read_text(encoding="utf-8") for name in FUNCTION_FILES)
 
 DROP_FUNCTIONS = """
 DROP FUNCTION IF EXISTS tollgate_charge(uuid, uuid, text, numeric, numeric, text, text, jsonb, timestamptz);

@@ -52,7 +52,7 @@ def test_every_protected_route_of_the_template_goes_through_the_authorizer() -> 
         ("GET", "/health"), ("POST", "/auth/register"), ("POST", "/auth/verify-email"), ("POST", "/auth/login"),
         ("POST", "/auth/login/two-factor"), ("POST", "/auth/token/refresh"), ("POST", "/auth/password/forgot"),
         ("POST", "/auth/password/reset"), ("GET", "/auth/oauth/{provider}/authorize"),
-        ("GET", "/auth/oauth/{provider}/callback"),
+        ("GET", "/auth/oauth/{provider}/callback"), ("POST", "/auth/lock"),
     }  # fmt: skip
     # Then every auth route that API.md marks user/admin has the default authorizer, and the public ones none
     for route in template.routes:

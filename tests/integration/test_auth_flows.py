@@ -31,6 +31,11 @@ def _user(email: str) -> User:
         return user
 
 
+def _signed_in_now(email: str) -> identity.Caller:
+    """A caller whose session proved the password just now (what the authorizer passes after a sign-in)."""
+    return identity.Caller(user_id=_user(email).id, session_id=str(uuid.uuid4()), auth_time=int(time.time()))
+
+
 def _set_user(email: str, **values: object) -> None:
     with UnitOfWork() as uow:
         uow.session.execute(update(User).where(func.lower(User.email) == email.lower()).values(**values))
@@ -502,7 +507,7 @@ def test_mailed_code_is_bound_to_its_challenge_and_expires(auth_env: AuthEnv) ->
     auth_env.set(MAIL_MIN_INTERVAL_SECONDS="0")
     alice, bob = auth_env.register_verified(), auth_env.register_verified()
     for email in (alice, bob):
-        identity.enable_email_two_factor(UnitOfWork(), _user(email).id)
+        identity.enable_email_two_factor(UnitOfWork(), _signed_in_now(email))
     alice_challenge = auth_env.login(alice)["challenge_id"]
     bob_challenge = auth_env.login(bob)["challenge_id"]
     alice_code = auth_env.code_from(alice)
@@ -524,7 +529,7 @@ def test_a_second_login_inside_the_mail_window_reuses_the_challenge_unless_its_m
 ) -> None:
     # Given a user with mailed 2FA whose first code could not be sent (the provider failed)
     email = auth_env.register_verified()
-    identity.enable_email_two_factor(UnitOfWork(), _user(email).id)
+    identity.enable_email_two_factor(UnitOfWork(), _signed_in_now(email))
     working = backends.get_backend()
 
     class Down:
@@ -553,7 +558,7 @@ def test_a_second_login_inside_the_mail_window_reuses_the_challenge_unless_its_m
 def test_two_factor_locks_after_five_wrong_codes(auth_env: AuthEnv) -> None:
     # Given a pending email challenge
     email = auth_env.register_verified()
-    identity.enable_email_two_factor(UnitOfWork(), _user(email).id)
+    identity.enable_email_two_factor(UnitOfWork(), _signed_in_now(email))
     challenge = auth_env.login(email)["challenge_id"]
     code = auth_env.code_from(email)
     wrong = "000000" if code != "000000" else "111111"

@@ -142,7 +142,8 @@ def test_transactions_newest_first_with_filters_and_cursor(db):
     until = api_call("GET", "/credits/transactions", query="until=2000-01-01T00:00:00Z", as_user=user_id)
     assert until.status == 200 and until.json["items"] == []
     assert api_call("GET", "/credits/transactions", query="since=yesterday", as_user=user_id).status == 422
-    assert api_call("GET", "/credits/transactions", query="cursor=garbage", as_user=user_id).status == 422
+    garbage = api_call("GET", "/credits/transactions", query="cursor=garbage", as_user=user_id)
+    assert (garbage.status, garbage.error_code) == (400, "invalid_cursor")
     assert api_call("GET", "/credits/transactions", query="limit=101", as_user=user_id).status == 422
     assert api_call("GET", "/credits/transactions", query="type=nope", as_user=user_id).status == 422
     # Another user's ledger is not visible
@@ -350,15 +351,20 @@ def test_user_routes_work_through_the_real_authorizer_route_table(db, path):
 
 
 def test_admin_sets_whether_users_may_toggle_bonus_auto_use(db):
+    # Given a fresh deployment: users do not choose, so a bought pack is spendable
     boss = admin(db)
     user_id = funded_user(db, "0")
-    assert api_call("GET", "/admin/credits/settings", as_user=boss).json == {"allow_bonus_auto_use_toggle": True}
-    locked = api_call("PUT", "/admin/credits/settings", body={"allow_bonus_auto_use_toggle": False}, as_user=boss)
-    assert locked.status == 200 and locked.json == {"allow_bonus_auto_use_toggle": False}
-    # Users can no longer choose, and their balance says purchased credits are always used
-    assert api_call("PATCH", "/credits/settings", body={"bonus_auto_use": True}, as_user=user_id).status == 403
+    assert api_call("GET", "/admin/credits/settings", as_user=boss).json == {"allow_bonus_auto_use_toggle": False}
+    assert api_call("PATCH", "/credits/settings", body={"bonus_auto_use": False}, as_user=user_id).status == 403
     view = api_call("GET", "/credits/balance", as_user=user_id).json
     assert view["bonus_auto_use"] is True and view["bonus_auto_use_locked"] is True
+    # When an admin opts in to seed 001's per-user toggle
+    opted = api_call("PUT", "/admin/credits/settings", body={"allow_bonus_auto_use_toggle": True}, as_user=boss)
+    assert opted.status == 200 and opted.json == {"allow_bonus_auto_use_toggle": True}
+    # Then users choose (off until they turn it on), and only an admin may change the policy
+    view = api_call("GET", "/credits/balance", as_user=user_id).json
+    assert view["bonus_auto_use"] is False and view["bonus_auto_use_locked"] is False
+    assert api_call("PATCH", "/credits/settings", body={"bonus_auto_use": True}, as_user=user_id).status == 200
     assert (
         api_call("PUT", "/admin/credits/settings", body={"allow_bonus_auto_use_toggle": False}, as_user=user_id).status
         == 403

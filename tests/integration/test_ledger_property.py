@@ -28,7 +28,7 @@ fractions = st.sampled_from([D(0), D("0.25"), D("0.5"), D(1)])
 class Grant:
     id: uuid.UUID
     index: int
-    priority: int
+    is_pack: bool
     remaining: Decimal
     active: bool = True
 
@@ -64,7 +64,7 @@ class LedgerModel(RuleBasedStateMachine):
     def _draw(self, amount: Decimal) -> Draws:
         draws = Draws()
         need = amount
-        for g in sorted((g for g in self.grants if g.active and g.remaining > 0), key=lambda g: (g.priority, g.index)):
+        for g in sorted((g for g in self.grants if g.active and g.remaining > 0), key=lambda g: (g.is_pack, g.index)):
             take = min(g.remaining, need)
             g.remaining -= take
             draws.parts.append([g.index, take, D(0)])
@@ -97,7 +97,7 @@ class LedgerModel(RuleBasedStateMachine):
         with UnitOfWork() as uow:
             result = ledger.grant(uow.session, self.user_id, kind=kind, amount=amount, source_key=str(uuid.uuid4()))
             uow.commit()
-        self.grants.append(Grant(result.grant_id, len(self.grants), 1 if kind == "purchase" else 0, amount))
+        self.grants.append(Grant(result.grant_id, len(self.grants), kind == "purchase", amount))
         self.balance += amount
 
     @rule(amount=amounts)

@@ -551,25 +551,28 @@ def test_reconcile_reports_a_tampered_account(db):
     assert "balance != sum(ledger)" in report.mismatches[0].problems
 
 
-def test_charge_committed_is_kept_without_a_commit_and_refusals_keep_nothing(db):
+def test_charge_committed_only_by_the_callers_commit_and_refusals_keep_nothing(db):
+    """Given a user with 3 credits
+    When a charge runs in a unit of work that commits, another in one that does not, and refusals follow
+    Then only the committed charge is kept (a charge never commits on its own), a repeat of its key replays it,
+    and the refusals store nothing."""
     user_id = funded_user(db, "3", costs=COSTS)
-    # When a charge is the whole unit of work, the database commits it by itself
     with db() as uow:
-        result = ledger.charge_committed(uow.session, user_id, operation="chat", idempotency_key="one")
-    assert result.committed and result.balance == D(2)
-    assert balance(db, user_id) == D(2)
-    # A repeat replays; a refusal stores nothing
+        kept = ledger.charge(uow.session, user_id, operation="chat", idempotency_key="one")
+        uow.commit()
     with db() as uow:
-        assert ledger.charge_committed(uow.session, user_id, operation="chat", idempotency_key="one").replayed
+        dropped = ledger.charge(uow.session, user_id, operation="chat", idempotency_key="two")
+        assert dropped.balance == D(1)
+    assert kept.balance == D(2) and balance(db, user_id) == D(2)
+    with db() as uow:
+        again = ledger.charge(uow.session, user_id, operation="chat", idempotency_key="one")
+        assert again.replayed and again.transaction_id == kept.transaction_id
         with pytest.raises(InsufficientCredits):
-            ledger.charge_committed(uow.session, user_id, operation="image_gen")
+            ledger.charge(uow.session, user_id, operation="image_gen")
+        uow.commit()
     assert [r["type"] for r in ledger_rows(db, user_id)] == ["promo", "usage"]
-    # Inside a transaction already begun it is a plain charge: the caller's rollback undoes it
-    with db() as uow:
-        uow.session.execute(text("SELECT 1"))
-        inside = ledger.charge_committed(uow.session, user_id, operation="chat")
-        assert not inside.committed
     assert balance(db, user_id) == D(2)
+    assert not hasattr(ledger, "charge_committed")  # one way to run a charge: in the caller's transaction
 
 
 def test_refund_of_a_credit_line_charge_after_the_debt_was_repaid_comes_back_as_a_grant(db):

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from tollgate.errors import ValidationFailed
+from tollgate.errors import InvalidCursor, ValidationFailed
 from tollgate.ledger import credits, fingerprint
 from tollgate.pagination import check_limit, decode_cursor, encode_cursor
 
@@ -45,15 +45,32 @@ def test_fingerprint_is_canonical():
 
 
 def test_cursor_round_trips_its_sort_key():
+    # Given sort keys of the types lists order by
     key = (datetime(2026, 11, 24, 5, 30, 0, 123456, tzinfo=UTC), uuid.uuid4())
-    assert decode_cursor(encode_cursor(*key), 2) == key
-    assert decode_cursor(encode_cursor(3, uuid.UUID(int=5)), 2) == (3, uuid.UUID(int=5))
+    # When they are encoded for a list and decoded for the same list, Then they come back equal
+    assert decode_cursor(encode_cursor("t.created_at,t.id:desc", key), "t.created_at,t.id:desc", "tu") == key
+    plain = (3, uuid.UUID(int=5))
+    assert decode_cursor(encode_cursor("p.sort_order,p.id:asc", plain), "p.sort_order,p.id:asc", "iu") == plain
 
 
-@pytest.mark.parametrize("cursor", ["garbage", "", encode_cursor(1), "%%%", encode_cursor({"t": "not a date"}, 1)])
-def test_bad_cursors_are_validation_errors(cursor):
-    with pytest.raises(ValidationFailed):
-        decode_cursor(cursor, 2)
+SCOPE = "t.created_at,t.id:desc"
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "garbage",
+        "",
+        "%%%",
+        encode_cursor(SCOPE, [1]),  # one key where the list has two
+        encode_cursor(SCOPE, [3, uuid.UUID(int=5)]),  # an int where the list keys a timestamp
+        encode_cursor("p.sort_order,p.id:asc", [datetime(2026, 1, 1, tzinfo=UTC), uuid.UUID(int=5)]),  # another list
+    ],
+)
+def test_bad_cursors_are_invalid_cursor_errors(cursor):
+    # Given a cursor that is not one this list issued, When it is decoded, Then it is refused as a bad request
+    with pytest.raises(InvalidCursor):
+        decode_cursor(cursor, SCOPE, "tu")
 
 
 def test_limits():

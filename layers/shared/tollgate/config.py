@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     mail_dir_override: Path | None = Field(default=None, validation_alias="TOLLGATE_MAIL_DIR")
 
     # --- product ----------------------------------------------------------------------------------------------
-    app_url: str = "http://localhost:3000"
+    # Mailed links start with it. In AWS the template always sets it (the front end); unset, it is the local
+    # gateway's dev-only pages (http://127.0.0.1:$TOLLGATE_PORT/_local), so links in local mail open something.
+    app_url: str = ""
     admin_emails: Annotated[frozenset[str], NoDecode] = frozenset()
     signup_credits: Decimal = Field(default=Decimal("10"), ge=0)
     auth_mode: Literal["builtin", "clerk"] = "builtin"
@@ -125,6 +127,13 @@ class Settings(BaseSettings):
     # register / forgot-password requests per source IP inside LOGIN_FAILURE_WINDOW_SECONDS (mail bombing)
     mail_requests_per_ip: int = Field(default=20, ge=1)
     two_factor_max_attempts: int = Field(default=5, ge=1, le=20)
+    # Issue 11: credential changes (API keys, 2FA, password, other sessions) need a password (+2FA) sign-in or
+    # POST /auth/reauthenticate this recently; security notices carry a lock link valid this many hours.
+    step_up_window_seconds: int = Field(default=300, ge=30, le=3600)
+    security_lock_link_hours: int = Field(default=72, ge=1, le=720)
+    # Master secrets that seal TOTP secrets and PKCE verifiers (comma-separated; the first seals, all unseal).
+    # Unset: derived from JWT_SIGNING_KEY (the app secret). See tollgate/auth/sealing.py.
+    secret_encryption_keys: SecretStr | None = None
     # register and forgot-password take at least this long, mail sent or not (timing must not reveal accounts)
     enumeration_floor_ms: int = Field(default=300, ge=0, le=5000)
     mail_backend: Literal["local", "ses"] = "local"
@@ -213,6 +222,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return frozenset(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _local_app_url(self) -> Settings:
+        if not self.app_url:
+            self.app_url = f"http://127.0.0.1:{self.port}/_local"
+        return self
 
     @property
     def mail_dir(self) -> Path:

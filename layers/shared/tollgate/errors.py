@@ -27,6 +27,11 @@ class DependencyUnavailable(TollgateError):
     code = "dependency_unavailable"
 
 
+class DatabaseUnavailable(DependencyUnavailable):
+    """The database cannot serve right now (lost, restarting, refusing connections, too slow): retry later.
+    Raised where a service wraps every failure in a named error of its own (webhook receivers)."""
+
+
 # --- request shape (raised by the HTTP edge, before any service runs) -------------------------------------------
 class BadRequest(TollgateError):
     code = "bad_request"
@@ -40,6 +45,12 @@ class UnstorableText(BadRequest):
 
 class MalformedJson(BadRequest):
     code = "malformed_json"
+
+
+class InvalidCursor(BadRequest):
+    """A pagination cursor the server did not issue for that list: tampered, truncated or malformed."""
+
+    code = "invalid_cursor"
 
 
 class UnsupportedMediaType(TollgateError):
@@ -161,6 +172,19 @@ class AccountDisabled(Forbidden):
     code = "account_disabled"
 
 
+class ReauthenticationRequired(Forbidden):
+    """A credential change needs a session that proved the password (and second factor) within the step-up
+    window; API keys never qualify. POST /auth/reauthenticate opens a new window."""
+
+    code = "reauthentication_required"
+
+
+class ScopeNotAllowed(Forbidden):
+    """An API key asked for a scope its user may not grant (e.g. `admin` by a non-staff user)."""
+
+    code = "scope_not_allowed"
+
+
 class BuiltinAuthDisabled(Forbidden):
     """AUTH_MODE=clerk: Clerk signs users in; the built-in credential routes are off."""
 
@@ -231,6 +255,12 @@ class WebhookProcessingFailed(TollgateError):
     """Applying a verified webhook failed; everything it did was rolled back and the provider should retry (5xx)."""
 
     code = "webhook_processing_failed"
+
+
+class WebhookDatabaseUnavailable(WebhookProcessingFailed, DatabaseUnavailable):
+    """Applying a webhook failed because the database cannot serve right now: 503, so the provider retries."""
+
+    code = DatabaseUnavailable.code
 
 
 class WebhookEventNotFound(NotFound):

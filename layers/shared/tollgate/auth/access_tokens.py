@@ -1,7 +1,9 @@
 """Access tokens: short-lived JWTs (HS256) that the authorizer verifies without a database round trip.
 
-Claims: iss, aud, sub (user id), sid (session family), role, iat, nbf, exp (15 minutes by default) and a
-random jti. Verification pins the algorithm (no `none`, no RS/HS swap) and requires every claim.
+Claims: iss, aud, sub (user id), sid (session family), role, iat, nbf, exp (15 minutes by default), a
+random jti, and `auth_time` (OIDC's name: when the session last proved the password and second factor; absent
+for sessions that never did, e.g. OAuth sign-ins) which the step-up rule reads. Verification pins the
+algorithm (no `none`, no RS/HS swap) and requires every claim but `auth_time`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class AccessClaims:
     session_id: uuid.UUID
     role: str
     expires_at: int
+    auth_time: int | None = None
 
 
 def signing_key(settings: Settings | None = None) -> str:
@@ -42,7 +45,9 @@ def signing_key(settings: Settings | None = None) -> str:
     return key
 
 
-def issue_access_token(user_id: uuid.UUID, session_id: uuid.UUID, role: str, now: datetime) -> tuple[str, int]:
+def issue_access_token(
+    user_id: uuid.UUID, session_id: uuid.UUID, role: str, now: datetime, auth_time: datetime | None = None
+) -> tuple[str, int]:
     """A signed token and its lifetime in seconds."""
     settings = get_settings()
     issued = int(now.timestamp())
@@ -58,6 +63,8 @@ def issue_access_token(user_id: uuid.UUID, session_id: uuid.UUID, role: str, now
         "exp": issued + ttl,
         "jti": new_token(12),
     }
+    if auth_time is not None:
+        claims["auth_time"] = int(auth_time.timestamp())
     token = jwt.encode(claims, signing_key(settings), algorithm=ALGORITHM, headers={"typ": "at+jwt"})
     return token, ttl
 
@@ -83,6 +90,7 @@ def verify_access_token(token: str) -> AccessClaims | None:
             session_id=uuid.UUID(str(claims["sid"])),
             role=str(claims["role"]),
             expires_at=int(claims["exp"]),
+            auth_time=int(claims["auth_time"]) if claims.get("auth_time") is not None else None,
         )
     except (jwt.PyJWTError, ValueError, TypeError):
         return None

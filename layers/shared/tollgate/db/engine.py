@@ -1,5 +1,14 @@
 """The SQLAlchemy engine, built once per process (one Lambda container keeps one connection).
 
+What every connection may rely on, with or without a transaction-mode pooler (RDS Proxy, PgBouncer) in between:
+- no startup parameters and no session state: the statement timeout is a default of the application's role,
+  set by the migration step (`apply_statement_timeout`), so it holds on whichever backend serves a transaction;
+- transaction control costs one round trip each (`tollgate.db.dialect`);
+- a connection that saw any failure it cannot vouch for - an exception that is not the server's own answer, a
+  driver-level interface error, a lost or shutting-down server - is discarded, never handed to the next caller:
+  its protocol state is unknown (replies may still be unread), and reusing it reads another statement's rows;
+- `is_unavailable(exc)` is the one classification of "the database cannot serve right now" (503 at the edge).
+
 Three ways to reach the database, chosen by `DB_AUTH_MODE`:
 - `url`: `DATABASE_URL` as given (locally: the embedded PostgreSQL the CLI starts and names);
 - `iam`: RDS Proxy over TLS with a 15-minute IAM auth token minted for every new connection;
@@ -13,15 +22,101 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from tollgate.config import SECRET_MAX_AGE_SECONDS, Settings, get_settings
+from tollgate.db.dialect import DRIVER_NAME
 from tollgate.errors import ConfigurationError
 
 # A pooled connection older than this is replaced: it outlives neither an IAM token nor the proxy's idle timeout.
 POOL_RECYCLE_SECONDS = 600
+
+# SQLSTATEs of a server that is gone or not accepting connections: class 08 (connection exceptions, also what
+# PgBouncer answers for its own failures), 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now,
+# 53300 too many connections.
+LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+LOST_SQLSTATE_CLASSES = ("08",)
+# The server answered, but could not serve in time (statement timeout, lock timeout): the connection is sound.
+BUSY_SQLSTATES = frozenset({"57014", "55P03"})
+# What pg8000 (InterfaceError) and poolers say when the server cannot be reached, whatever SQLSTATE they send.
+LOST_MESSAGES = (
+    "network error",
+    "communication error",
+    "can't create a connection",
+    "connection is closed",
+    "server login has been failing",
+    "cannot connect to server",
+)
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    return exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE a driver error carries (pg8000 keeps the server's error fields as a dict), if any."""
+    orig = _driver_error(exc)
+    fields = orig.args[0] if orig.args else None
+    if isinstance(fields, dict):
+        code = fields.get("C")
+        return str(code) if code else None
+    return None
+
+
+def _is_lost(orig: BaseException) -> bool:
+    """The connection (or the attempt to make one) failed because the server is gone or refuses connections."""
+    if isinstance(orig, OSError):  # includes ConnectionError, socket timeouts and TLS failures
+        return True
+    code = sqlstate(orig)
+    if code is not None:  # the server's (or pooler's) own answer: its code says it all
+        return code in LOST_SQLSTATES or code.startswith(LOST_SQLSTATE_CLASSES)
+    text = str(orig).lower()
+    return any(message in text for message in LOST_MESSAGES)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means the database cannot serve right now (lost, restarting, refusing, or too slow) - a
+    transient condition a client should retry - rather than a bug. The one classification the HTTP edge and the
+    webhook receivers use."""
+    if isinstance(exc, PoolTimeout):  # no pooled connection came free in time
+        return True
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:  # a wrapped driver error counts as itself
+        seen.add(id(current))
+        orig = _driver_error(current)
+        if _is_lost(orig) or sqlstate(orig) in BUSY_SQLSTATES:
+            return True
+        current = current.__cause__
+    return False
+
+
+def _discard_untrusted(context: ExceptionContext) -> None:
+    """`handle_error`: decide whether the connection that raised may be reused.
+
+    SQLAlchemy discards a connection only when the dialect recognises a disconnect; pg8000's dialect knows two
+    messages. Everything else would go back to the pool, including a connection whose driver raised half-way
+    through the protocol (e.g. a value it cannot encode after Parse/Describe/Sync were sent): the next statement
+    on it reads the previous one's replies. So: a lost server invalidates the whole pool (every connection of it
+    is stale after a restart); any exception that is not a server error answered in full invalidates this one
+    connection. Server errors (constraint violations, timeouts) leave the protocol in sync: those are kept.
+    Commits, rollbacks and pre-pings pass through here too.
+    """
+    if context.is_disconnect:
+        return
+    orig = context.original_exception
+    if _is_lost(orig):
+        context.is_disconnect = True
+        return
+    dbapi_error: Any = getattr(context.dialect.loaded_dbapi, "Error", Exception)
+    interface_error: Any = getattr(context.dialect.loaded_dbapi, "InterfaceError", ())
+    if not isinstance(orig, dbapi_error) or isinstance(orig, interface_error):
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = False  # only this connection's state is unknown
 
 
 def pg8000_url(raw_url: str) -> URL:
@@ -70,11 +165,8 @@ def _iam_token(settings: Settings) -> str:
 
 
 def build_engine(settings: Settings) -> Engine:
-    connect_args: dict[str, Any] = {
-        "application_name": "tollgate",
-        # Bounded statements: a stuck query must not hold a ledger lock past the Lambda timeout.
-        "startup_params": {"statement_timeout": str(settings.db_statement_timeout_ms)},
-    }
+    # No startup parameters beyond the name: PgBouncer refuses unknown ones, RDS Proxy pins on some.
+    connect_args: dict[str, Any] = {"application_name": "tollgate"}
     pool_args: dict[str, Any] = {
         "pool_size": settings.db_pool_size,
         "max_overflow": 0 if settings.db_auth_mode != "url" else settings.db_pool_size,
@@ -89,14 +181,14 @@ def build_engine(settings: Settings) -> Engine:
         if query.pop("ssl", None):
             connect_args["ssl_context"] = _tls_context()
             url = url.set(query=query)
-        return create_engine(url, connect_args=connect_args, **pool_args)
+        return _guarded(create_engine(url.set(drivername=DRIVER_NAME), connect_args=connect_args, **pool_args))
 
     if not settings.db_host:
         raise ConfigurationError(f"DB_AUTH_MODE={settings.db_auth_mode} needs DB_HOST (the RDS Proxy endpoint)")
     if settings.db_ssl:
         connect_args["ssl_context"] = _tls_context()
     url = URL.create(
-        "postgresql+pg8000",
+        DRIVER_NAME,
         username=settings.db_user,
         host=settings.db_host,
         port=settings.db_port,
@@ -114,7 +206,31 @@ def build_engine(settings: Settings) -> Engine:
             cparams["user"] = secret.get("username", settings.db_user)
             cparams["password"] = secret["password"]
 
+    return _guarded(engine)
+
+
+def _guarded(engine: Engine) -> Engine:
+    event.listen(engine, "handle_error", _discard_untrusted)
     return engine
+
+
+def apply_statement_timeout(connection: Connection, timeout_ms: int) -> None:
+    """Make `timeout_ms` the statement timeout of every later session of the current role in this database.
+
+    Bounded statements: a stuck query must not hold a ledger lock past the Lambda timeout. The bound is a role
+    default, which the server applies as each backend starts, so it holds on whichever backend a pooler hands
+    out: no startup parameter (PgBouncer refuses them, RDS Proxy rejects command-line options) and no `SET` per
+    transaction (a round trip each, and RDS Proxy pins a client connection that runs `SET`). The migration step
+    applies it; connections opened afterwards carry it."""
+    milliseconds = int(timeout_ms)
+    connection.exec_driver_sql(
+        "DO $$ BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET statement_timeout = %s', "
+        f"current_user, current_database(), {milliseconds}); END $$"
+    )
+
+
+def build_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
 
 
 @lru_cache(maxsize=1)
@@ -124,7 +240,7 @@ def get_engine() -> Engine:
 
 @lru_cache(maxsize=1)
 def get_session_factory() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False, autoflush=False)
+    return build_session_factory(get_engine())
 
 
 def reset_engine() -> None:

@@ -18,23 +18,30 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
+from itertools import accumulate
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 
 from tollgate import errors
 from tollgate.config import get_settings
+from tollgate.db.engine import is_unavailable
 from tollgate.http.errors import error_body, status_for
+from tollgate.input_bounds import MAX_JSON_DEPTH
 from tollgate.observability import logger
 
 JSON = "application/json"
+# A database restart or failover takes seconds (RDS Proxy queues meanwhile): ask for a retry soon.
+DATABASE_RETRY_AFTER_SECONDS = 2
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -42,27 +49,80 @@ def _error_response(status: HTTPStatus, code: str, message: str, details: Any = 
     return Response(status_code=int(status), content_type=JSON, body=error_body(code, message, details))
 
 
-def _unstorable(value: Any) -> bool:
-    """Whether `value` (parsed JSON, or a string) holds text PostgreSQL refuses: NUL, or a lone surrogate."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return True
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_unstorable(item) for item in value)
+def _unstorable(text: str) -> bool:
+    """Whether `text` holds what PostgreSQL text refuses: NUL, or a lone surrogate."""
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
     return False
+
+
+def _json_problem(value: Any) -> str | None:
+    """ "too_deep" if parsed JSON `value` nests past MAX_JSON_DEPTH, "text" if it holds text PostgreSQL refuses
+    (NUL, a lone surrogate), else None. Iterative: a deeply nested body must not exhaust the stack of the guard
+    meant to refuse it."""
+    if isinstance(value, str):
+        return "text" if _unstorable(value) else None
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return "too_deep"
+        children = node.values() if isinstance(node, dict) else node
+        if isinstance(node, dict) and any(_unstorable(key) for key in node):
+            return "text"
+        for child in children:
+            if isinstance(child, str):
+                if _unstorable(child):
+                    return "text"
+            elif isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return None
+
+
+# A JSON string (its closing quote optional, so an unterminated one ends the scan instead of backtracking).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = tuple(1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256))
+
+
+def _nesting_depth(raw: bytes) -> int:
+    """How deeply the arrays and objects of a JSON text nest, read without parsing it (strings removed, then
+    a running sum over the brackets), so nothing recursive ever sees an over-deep body."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
+
+
+def _too_deep() -> errors.MalformedJson:
+    return errors.MalformedJson(
+        f"the body nests arrays and objects more than {MAX_JSON_DEPTH} deep",
+        details={"reason": "too_deep", "max_depth": MAX_JSON_DEPTH},
+    )
+
+
+class _NumberOutOfRange(ValueError):
+    pass
+
+
+def _not_json_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; Python's parser takes them and jsonb then refuses the row (a 500).
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):  # e.g. 1e400: valid JSON, but no double holds it (read as infinity)
+        raise _NumberOutOfRange(f"the number {literal[:40]} is out of range")
+    return value
 
 
 def _request_problem(event: Mapping[str, Any]) -> errors.TollgateError | None:
     """Why a request must be refused before validation or any service runs, if it must."""
     params = [*(event.get("queryStringParameters") or {}).items(), *(event.get("pathParameters") or {}).items()]
-    if any(_unstorable(k) or _unstorable(v) for k, v in params):
+    if any(_unstorable(str(k)) or _unstorable(str(v)) for k, v in params):
         return errors.UnstorableText("query and path parameters may not contain NUL or unpaired surrogates")
     method = str(event.get("requestContext", {}).get("http", {}).get("method", "")).upper()
     body = event.get("body")
@@ -81,18 +141,32 @@ def _request_problem(event: Mapping[str, Any]) -> errors.TollgateError | None:
         return errors.UnsupportedMediaType(
             "send the body as application/json", details={"content_type": content_type or None}
         )
+    if _nesting_depth(raw) > MAX_JSON_DEPTH:
+        return _too_deep()
     try:
-        parsed = json.loads(raw)
-    except ValueError as exc:  # includes UnicodeDecodeError
+        # UTF-8 only (RFC 8259): json.loads would detect UTF-16/32 bytes, which the handler's reader then fails on.
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return errors.MalformedJson("the body is not UTF-8", details={"reason": "not_utf8"})
+    try:
+        parsed = json.loads(text, parse_constant=_not_json_constant, parse_float=_finite_float)
+    except _NumberOutOfRange as exc:
+        return errors.ValidationFailed(str(exc), details={"reason": "number_out_of_range"})
+    except RecursionError:  # defensive: the scan above already bounds the depth
+        return _too_deep()
+    except ValueError as exc:
         return errors.MalformedJson("the body is not valid JSON", details={"reason": str(exc)})
-    if _unstorable(parsed):
+    problem = _json_problem(parsed)
+    if problem == "too_deep":
+        return _too_deep()
+    if problem == "text":
         return errors.UnstorableText("text in the body may not contain NUL (\\u0000) or unpaired surrogates")
     return None
 
 
 class TollgateResolver(APIGatewayHttpResolver):
-    """The powertools HTTP API resolver, refusing bad requests (body size, media type, JSON, text PostgreSQL
-    cannot store) before anything runs."""
+    """The powertools HTTP API resolver, refusing bad requests (body size, media type, JSON and its depth, text
+    PostgreSQL cannot store) before anything runs."""
 
     def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         problem = _request_problem(event)
@@ -142,17 +216,33 @@ def create_app(function_name: str) -> TollgateResolver:
     def _not_found(exc: NotFoundError) -> Response[str]:
         return _error_response(HTTPStatus.NOT_FOUND, errors.NotFound.code, "no such route")
 
-    @app.exception_handler(DBAPIError)
-    def _database_error(exc: DBAPIError) -> Response[str]:
-        if exc.connection_invalidated or isinstance(exc.orig, ConnectionError | OSError):
-            logger.warning("database unreachable", extra={"error": type(exc.orig).__name__})
-            return _error_response(
-                HTTPStatus.SERVICE_UNAVAILABLE,
-                errors.DependencyUnavailable.code,
-                "the database is unreachable",
+    @app.exception_handler([SQLAlchemyError, errors.DatabaseUnavailable])
+    def _database_error(exc: SQLAlchemyError | errors.DatabaseUnavailable) -> Response[str]:
+        # One classification (tollgate.db.engine.is_unavailable) of a database that cannot serve right now:
+        # 503 with Retry-After, so clients and webhook providers retry; anything else is a bug.
+        if isinstance(exc, errors.DatabaseUnavailable) or is_unavailable(exc):
+            cause = exc.__cause__ if isinstance(exc, errors.DatabaseUnavailable) else exc
+            logger.warning("database unavailable", extra={"error": type(getattr(cause, "orig", cause)).__name__})
+            response = _error_response(
+                HTTPStatus.SERVICE_UNAVAILABLE, errors.DependencyUnavailable.code, "the database is unavailable"
             )
+            response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+            return response
         logger.exception("database error")
         return _error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", "internal error")
+
+    @app.exception_handler(OSError)
+    def _unreachable(exc: OSError) -> Response[str]:
+        # A socket error that no driver wrapped (pg8000 raises BrokenPipeError/ConnectionResetError bare while
+        # connecting to a server that is shutting down; SQLAlchemy wraps only the driver's own errors).
+        logger.warning("dependency unreachable", extra={"error": type(exc).__name__})
+        response = _error_response(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            errors.DependencyUnavailable.code,
+            "a service this request needs is unreachable",
+        )
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+        return response
 
     @app.exception_handler(Exception)
     def _unexpected(exc: Exception) -> Response[str]:
@@ -171,6 +261,9 @@ class Principal:
     role: str
     session_id: str | None = None
     tier: str | None = None
+    # issue 11: the API key's id when a key made the call, and the session's step-up clock (epoch seconds).
+    api_key_id: str | None = None
+    auth_time: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -188,4 +281,6 @@ def current_principal(app: APIGatewayHttpResolver) -> Principal:
         role=str(context.get("role") or "USER"),
         session_id=context.get("session_id") or None,
         tier=context.get("tier") or None,
+        api_key_id=context.get("api_key_id") or None,
+        auth_time=int(context["auth_time"]) if str(context.get("auth_time") or "").isdigit() else None,
     )

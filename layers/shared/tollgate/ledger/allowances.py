@@ -234,9 +234,9 @@ def _apply(session: Session, w: _Writes, now: datetime) -> None:
     if w.grants:
         session.execute(
             text(
-                "INSERT INTO credit_grants (id, user_id, kind, priority, amount, remaining, status, source_key, "
+                "INSERT INTO credit_grants (id, user_id, kind, is_pack, amount, remaining, status, source_key, "
                 "expires_at, metadata, created_at, updated_at) "
-                "SELECT d.id, d.user_id, 'allowance', 0, d.amount, d.remaining, 'active', d.source_key, "
+                "SELECT d.id, d.user_id, 'allowance', false, d.amount, d.remaining, 'active', d.source_key, "
                 "d.expires_at, d.metadata, :now, :now "
                 "FROM unnest(CAST(:ids AS uuid[]), CAST(:users AS uuid[]), CAST(:amounts AS numeric[]), "
                 "CAST(:remainings AS numeric[]), CAST(:keys AS text[]), CAST(:expires AS timestamptz[]), "

@@ -11,6 +11,9 @@ Rules (DESIGN.md §4, issue 3):
   purchased packs, each class soonest expiry first, then oldest; purchased packs only when the user's bonus
   auto-use allows (when the deployment does not let users choose, packs are always used). What grants cannot
   cover comes from the account's credit line (floor < 0), recorded as debt that the next grant repays.
+- The draw order, per-plan pricing, cost rounding and auto-use are each defined once, in SQL (the versioned
+  files of migrations/sql/ledger: `tollgate_draw_candidates`, `tollgate_unit_cost`, `tollgate_cost`,
+  `tollgate_allow_packs`); this module calls them and restates none of them.
 - `credit_accounts.balance` is what the user owns, held credits included:
   `balance == sum(active grant remaining) - debt + held == sum(ledger amounts)`; spendable is `balance - held`.
 - Holds reserve from grants in the same order (the reserved credits leave the grants); capture charges the
@@ -26,13 +29,11 @@ import hashlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import RowMapping, text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tollgate.config import get_settings
@@ -49,6 +50,7 @@ from tollgate.errors import (
     UnknownOperation,
     ValidationFailed,
 )
+from tollgate.input_bounds import LEDGER_KEY_MAX_LENGTH
 from tollgate.ledger.results import (
     AccountMismatch,
     AdjustResult,
@@ -77,7 +79,9 @@ GRANT_KINDS: Mapping[str, str] = {
     "adjustment": "adjustment",
     "refund": "refund",
 }
-PURCHASED_KINDS = frozenset({"purchase"})
+# The grant kinds that are purchased packs (`credit_grants.is_pack`): the draw order takes them last, and only
+# when auto-use allows (tollgate_draw_candidates).
+PACK_KINDS = frozenset({"purchase"})
 REFUNDABLE_TYPES = frozenset({"usage", "capture", "adjustment"})
 
 
@@ -131,8 +135,10 @@ def fingerprint(kind: str, **fields: Any) -> str:
 def _key(idempotency_key: str | None) -> str | None:
     if idempotency_key is None:
         return None
-    if not 1 <= len(idempotency_key) <= 300:
-        raise ValidationFailed("the idempotency key must be 1-300 characters", details={"field": "idempotency_key"})
+    if not 1 <= len(idempotency_key) <= LEDGER_KEY_MAX_LENGTH:
+        raise ValidationFailed(
+            f"the idempotency key must be 1-{LEDGER_KEY_MAX_LENGTH} characters", details={"field": "idempotency_key"}
+        )
     return idempotency_key
 
 
@@ -183,25 +189,16 @@ def _previous(session: Session, user_id: uuid.UUID, key: str | None, request_has
     return row
 
 
-def _pricing(session: Session, user_id: uuid.UUID, operation: str | None) -> tuple[Decimal | None, bool]:
+def _pricing(
+    session: Session, user_id: uuid.UUID, operation: str | None, quantity: Decimal
+) -> tuple[Decimal | None, bool]:
+    """(what `quantity` x `operation` costs the user, None when no cost is configured or no operation is
+    given; whether the user's deductions may draw purchased packs), by the same SQL rules as a charge."""
     row = session.execute(
-        text("SELECT cost, toggle_allowed FROM tollgate_pricing(:user_id, :operation)"),
-        {"user_id": user_id, "operation": operation or ""},
+        text("SELECT amount, allow_packs FROM tollgate_pricing(:user_id, :operation, :quantity)"),
+        {"user_id": user_id, "operation": operation, "quantity": quantity},
     ).one()
-    return row.cost, bool(row.toggle_allowed)
-
-
-def _cost(session: Session, user_id: uuid.UUID, operation: str, quantity: Decimal) -> Decimal:
-    cost, _ = _pricing(session, user_id, operation)
-    if cost is None:
-        raise UnknownOperation(f"no cost is configured for operation {operation!r}", details={"operation": operation})
-    # Over-precise products round up to the ledger's scale.
-    return (cost * quantity).quantize(SCALE, rounding="ROUND_CEILING")
-
-
-def _allow_packs(session: Session, account: RowMapping) -> bool:
-    _, toggle_allowed = _pricing(session, account["user_id"], None)
-    return bool(account["bonus_auto_use"]) or not toggle_allowed
+    return row.amount, bool(row.allow_packs)
 
 
 def _insufficient(account: RowMapping, requested: Decimal, available: Decimal) -> InsufficientCredits:
@@ -546,15 +543,15 @@ def _new_grant(
     grant_id = new_id()
     session.execute(
         text(
-            "INSERT INTO credit_grants (id, user_id, kind, priority, amount, remaining, status, source_key, "
-            "expires_at, metadata, created_at, updated_at) VALUES (:id, :user_id, :kind, :priority, :amount, "
+            "INSERT INTO credit_grants (id, user_id, kind, is_pack, amount, remaining, status, source_key, "
+            "expires_at, metadata, created_at, updated_at) VALUES (:id, :user_id, :kind, :is_pack, :amount, "
             ":remaining, 'active', :source_key, :expires_at, CAST(:metadata AS jsonb), :now, :now)"
         ),
         {
             "id": grant_id,
             "user_id": user_id,
             "kind": kind,
-            "priority": 1 if kind in PURCHASED_KINDS else 0,
+            "is_pack": kind in PACK_KINDS,
             "amount": amount,
             "remaining": amount - repay,
             "source_key": source_key,
@@ -669,56 +666,6 @@ def charge(
     return _charge_result(tuple(row), params["operation"])
 
 
-def charge_committed(
-    session: Session,
-    user_id: uuid.UUID,
-    *,
-    operation: str,
-    quantity: Decimal = Decimal(1),
-    amount: Decimal | None = None,
-    idempotency_key: str | None = None,
-    metadata: dict[str, Any] | None = None,
-    now: datetime | None = None,
-) -> ChargeResult:
-    """`charge` for a caller whose whole unit of work is this one charge (e.g. POST /credits/usage): the
-    statement runs as its own transaction, committed by the database - no BEGIN and COMMIT round trips and no
-    ORM session machinery, so the account row is locked for the least time. It uses a pooled connection of
-    the session's engine. If the session has already begun a transaction this is exactly `charge` (the
-    caller's commit keeps it; `committed` is then False)."""
-    params = _charge_params(user_id, operation, quantity, amount, idempotency_key, metadata, now)
-    if session.in_transaction():
-        return charge(
-            session, user_id, operation=operation, quantity=quantity, amount=amount,
-            idempotency_key=idempotency_key, metadata=metadata, now=params["now"],
-        )  # fmt: skip
-    values = [params[f] for f in CHARGE_FIELDS]
-    numbered = CHARGE_SQL.format(*(f"${i}" for i in range(1, len(CHARGE_FIELDS) + 1)))
-    engine = session.get_bind()
-    raw = engine.raw_connection()  # type: ignore[union-attr]
-    try:
-        dbapi: Any = raw.driver_connection
-        execute_unnamed = getattr(dbapi, "execute_unnamed", None)
-        if execute_unnamed is None:  # pragma: no cover - another driver than pg8000: its own transaction
-            cursor = raw.cursor()
-            cursor.execute(CHARGE_SQL.format(*(["%s"] * len(CHARGE_FIELDS))), values)
-            fetched = cursor.fetchone()
-            assert fetched is not None
-            row = tuple(fetched)
-            raw.commit()
-        else:
-            # pg8000's protocol-level call: no BEGIN is sent, so the statement is its own transaction.
-            row = tuple(execute_unnamed(numbered, vals=values).rows[0])
-    except Exception as exc:
-        error_class = getattr(engine.dialect.dbapi, "Error", None)
-        if error_class is not None and isinstance(exc, error_class):
-            # As SQLAlchemy would have raised it, so the HTTP edge maps it like any database error.
-            raise DBAPIError.instance(numbered, values, exc, error_class) from exc
-        raise
-    finally:
-        raw.close()  # back to the pool
-    return replace(_charge_result(row, params["operation"]), committed=True)
-
-
 # --- holds ----------------------------------------------------------------------------------------------------
 def hold(
     session: Session,
@@ -754,9 +701,13 @@ def hold(
             text("SELECT id, amount, expires_at FROM credit_holds WHERE id = :id"), {"id": previous["hold_id"]}
         ).one()
         return HoldResult(h.id, h.amount, h.expires_at, replayed=True)
+    cost, allow_packs = _pricing(session, user_id, operation, quantity)
     if amount is None:
-        assert operation is not None
-        amount = _cost(session, user_id, operation, quantity)
+        if cost is None:
+            raise UnknownOperation(
+                f"no cost is configured for operation {operation!r}", details={"operation": operation}
+            )
+        amount = cost
         if amount <= 0:
             raise ValidationFailed("the operation costs nothing: there is nothing to hold", details={"amount": "0"})
     hold_id = new_id()
@@ -787,7 +738,7 @@ def hold(
         )  # fmt: skip
 
     line = _draw(
-        session, account, amount, allow_packs=_allow_packs(session, account), now=now, origin=hold_id,
+        session, account, amount, allow_packs=allow_packs, now=now, origin=hold_id,
         transaction_id=None, hold_id=hold_id, write=write,
     )  # fmt: skip
     _set_account(session, user_id, now, held=account["held"] + amount, debt=account["debt"] + line)
@@ -1108,8 +1059,8 @@ def refund(
         refund_grant = new_id()
         session.execute(
             text(
-                "INSERT INTO credit_grants (id, user_id, kind, priority, amount, remaining, status, source_key, "
-                "metadata, created_at, updated_at) VALUES (:id, :user_id, 'refund', 0, :amount, :amount, 'active', "
+                "INSERT INTO credit_grants (id, user_id, kind, is_pack, amount, remaining, status, source_key, "
+                "metadata, created_at, updated_at) VALUES (:id, :user_id, 'refund', false, :amount, :amount, 'active', "
                 ":source_key, CAST(:metadata AS jsonb), :now, :now)"
             ),
             {

@@ -23,7 +23,6 @@ class ChargeResult:
     charged: Decimal
     balance: Decimal
     replayed: bool = False
-    committed: bool = False  # charge_committed: the database already committed it as its own transaction
 
 
 @dataclass(frozen=True, slots=True)

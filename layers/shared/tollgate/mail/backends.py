@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
+from copy import deepcopy
 from email.message import EmailMessage
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
 from tollgate.config import Settings, get_settings
+
+MAX_8BIT_LINE = 900
 
 
 class MailBackend(Protocol):
@@ -17,6 +20,24 @@ class MailBackend(Protocol):
     def send(self, message: EmailMessage, log_id: str) -> str:
         """Deliver the message; return the provider's message id. Raise on failure."""
         ...
+
+
+def readable_copy(message: EmailMessage) -> EmailMessage:
+    """The message with its text parts in 8bit UTF-8 instead of quoted-printable.
+
+    Quoted-printable folds long lines with `=` and writes `=` itself as `=3D`, so a token or link copied out of
+    the file would be wrong; 8bit keeps the text as it was written (fine for a file, unlike SMTP, and SES
+    gets the message as built).
+    """
+    copy = deepcopy(message)
+    for part in copy.walk():
+        if isinstance(part, EmailMessage) and part.get_content_maintype() == "text" and not part.is_multipart():
+            text = part.get_content()
+            if any(len(line) > MAX_8BIT_LINE for line in text.splitlines()):
+                continue  # RFC 5322 caps a line at 998 octets: such a part keeps its transfer encoding
+            subtype = part.get_content_subtype()
+            part.set_content(text, subtype=subtype, charset="utf-8", cte="8bit")
+    return copy
 
 
 class LocalMailBackend:
@@ -31,7 +52,7 @@ class LocalMailBackend:
     def send(self, message: EmailMessage, log_id: str) -> str:
         self.mail_dir.mkdir(parents=True, exist_ok=True)
         path = self.mail_dir / f"{log_id}.eml"
-        path.write_bytes(message.as_bytes())
+        path.write_bytes(readable_copy(message).as_bytes())
         if self.echo:
             body = message.get_body(preferencelist=("plain",))
             text = body.get_content() if body is not None else ""

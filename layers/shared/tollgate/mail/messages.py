@@ -69,3 +69,47 @@ def two_factor_code(to: str, user_id: uuid.UUID, code: str, challenge_id: uuid.U
         user_id=user_id,
         metadata={"challenge_id": str(challenge_id)},
     )
+
+
+# Security notices (issue 11): what changed, and a one-time link that locks the account if it was not the owner.
+SECURITY_EVENTS: dict[str, tuple[str, str]] = {
+    "two_factor_enabled": ("Two-factor sign-in was turned on", "two-factor sign-in was turned on"),
+    "two_factor_disabled": ("Two-factor sign-in was turned off", "two-factor sign-in was turned off"),
+    "api_key_created": ("A new API key was created", "a new API key was created"),
+    "password_changed": ("Your password was changed", "your password was changed"),
+    "password_reset": ("Your password was reset", "your password was reset with a mailed link"),
+    "recovery_codes_created": ("New recovery codes were made", "new two-factor recovery codes were made"),
+    "recovery_code_used": ("A recovery code was used to sign in", "a recovery code was used to sign in"),
+}
+
+
+def security_notice(to: str, user_id: uuid.UUID, event: str, lock_token: str, hours: int) -> OutgoingMail:
+    subject, what = SECURITY_EVENTS[event]
+    link = _link("lock-account", lock_token)
+    return OutgoingMail(
+        to=to,
+        type=f"security_{event}",
+        subject=subject,
+        text=(
+            f"On your account, {what}.\n\nIf this was you, there is nothing to do.\n\n"
+            "If it was not you, lock your account now: this signs out every session, revokes every API key, "
+            "turns off any two-factor method added since, and stops your password from working until you "
+            f"reset it:\n\n{link}\n\nThe link works once and expires in {hours} hours.\n"
+        ),
+        user_id=user_id,
+        metadata={"event": event},
+    )
+
+
+def account_locked(to: str, user_id: uuid.UUID, reset_token: str) -> OutgoingMail:
+    link = _link("reset-password", reset_token)
+    return OutgoingMail(
+        to=to,
+        type="account_locked",
+        subject="Your account is locked: choose a new password",
+        text=(
+            "Your account's sessions and API keys were revoked and its password no longer works.\n\n"
+            f"Choose a new password to get back in:\n\n{link}\n\nThe link works once and expires in 1 hour.\n"
+        ),
+        user_id=user_id,
+    )

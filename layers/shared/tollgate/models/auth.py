@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tollgate.db.base import Base, CreatedAt, UpdatedAt, UUIDPk
@@ -50,7 +50,8 @@ class OAuthState(Base):
     id: Mapped[UUIDPk]
     provider: Mapped[str] = mapped_column(String(16))
     state_hash: Mapped[str] = mapped_column(String(HASH_LEN), unique=True)
-    code_verifier: Mapped[str] = mapped_column(String(128))
+    # Sealed (tollgate.auth.sealing): it must be read back at the callback, so it cannot be a hash.
+    code_verifier: Mapped[str] = mapped_column(Text)
     redirect_uri: Mapped[str] = mapped_column(Text)
     expires_at: Mapped[datetime]
     created_at: Mapped[CreatedAt]
@@ -75,16 +76,26 @@ class AuthSession(Base):
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
     last_used_at: Mapped[datetime | None]
+    # When this family last proved the password (and second factor): the step-up clock, carried across
+    # rotations and into access tokens as `auth_time`. NULL for sign-ins that did not (OAuth).
+    authenticated_at: Mapped[datetime | None]
     created_at: Mapped[CreatedAt]
 
 
 class VerificationToken(Base):
+    """A registration waiting for its link. The password hash, name and username it asked for live here, not
+    on the user, so a registration that is never confirmed leaves nothing a later one inherits; confirming
+    the link is what writes them to the account."""
+
     __tablename__ = "verification_tokens"
 
     id: Mapped[UUIDPk]
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id", ondelete="CASCADE"), index=True)
     email: Mapped[str] = mapped_column(String(320))
     token_hash: Mapped[str] = mapped_column(String(HASH_LEN), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(String(200))
+    username: Mapped[str | None] = mapped_column(String(64))
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
     created_at: Mapped[CreatedAt]
@@ -146,9 +157,38 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(100))
     prefix: Mapped[str] = mapped_column(String(32), unique=True)
     key_hash: Mapped[str] = mapped_column(String(HASH_LEN), unique=True)
+    # What the key may do (tollgate.auth.scopes); credential routes admit no key whatever it holds.
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(32)), default=list, server_default="{}")
     expires_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    created_at: Mapped[CreatedAt]
+
+
+class RecoveryCode(Base):
+    """One of the ten one-time codes a TOTP user may sign in with instead of a TOTP code (hashed)."""
+
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[UUIDPk]
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(HASH_LEN), unique=True)
+    used_at: Mapped[datetime | None]
+    created_at: Mapped[CreatedAt]
+
+
+class SecurityLockToken(Base):
+    """The one-time link of a security notice: it locks the account's credentials for its owner to recover
+    with a password reset. `event` names the change the notice was about."""
+
+    __tablename__ = "security_lock_tokens"
+
+    id: Mapped[UUIDPk]
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    token_hash: Mapped[str] = mapped_column(String(HASH_LEN), unique=True)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
     created_at: Mapped[CreatedAt]
 
 

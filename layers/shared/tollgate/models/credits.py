@@ -1,7 +1,8 @@
 """Credits: the ledger tables, the catalogue (plans, credit packs), the admin_settings singleton and audit_logs.
 
 Migration `0002_ledger` creates them (with the trigger that keeps `credit_transactions` append-only and the
-plpgsql functions of the ledger's hot paths). Writes to the ledger tables go through `tollgate.ledger` only;
+plpgsql functions of the ledger's hot paths; `0007_ledger_rules` gives grants `is_pack` and the functions their
+current versions, from migrations/sql/ledger). Writes to the ledger tables go through `tollgate.ledger` only;
 these models are for reading and for the catalogue.
 """
 
@@ -97,7 +98,7 @@ class AdminSettings(Base):
     id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, default=1)
     feature_costs: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
     plan_feature_costs: Mapped[dict[str, dict[str, str]]] = mapped_column(JSONB, default=dict)
-    allow_bonus_auto_use_toggle: Mapped[bool] = mapped_column(Boolean, default=True)
+    allow_bonus_auto_use_toggle: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("users.id"))
     updated_at: Mapped[UpdatedAt]
 
@@ -135,11 +136,12 @@ class CreditGrant(Base):
     __tablename__ = "credit_grants"
     __table_args__ = (
         UniqueConstraint("user_id", "source_key", name="uq_credit_grants_user_id"),
-        # The draw order over active grants (remaining is kept out of it so charges update grants HOT).
+        # The draw order of tollgate_draw_candidates over active grants (remaining is kept out of it so charges
+        # update grants HOT).
         Index(
             "ix_credit_grants_draw",
             "user_id",
-            "priority",
+            "is_pack",
             text("expires_at ASC NULLS LAST"),
             "created_at",
             "id",
@@ -151,7 +153,8 @@ class CreditGrant(Base):
     id: Mapped[UUIDPk]
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("credit_accounts.user_id"))
     kind: Mapped[str] = mapped_column(String(32))
-    priority: Mapped[int] = mapped_column(SmallInteger)
+    # A purchased pack: drawn after free grants, and only when auto-use allows (tollgate_draw_candidates).
+    is_pack: Mapped[bool] = mapped_column(Boolean)
     amount: Mapped[Decimal] = mapped_column(Credits)
     remaining: Mapped[Decimal] = mapped_column(Credits)
     status: Mapped[str] = mapped_column(String(16), default="active")

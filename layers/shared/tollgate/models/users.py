@@ -46,8 +46,13 @@ class User(Base):
     two_factor_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     # 'email' (a mailed code) or 'totp' while two_factor_enabled; added by 0003_auth.
     two_factor_method: Mapped[str | None] = mapped_column(String(8))
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
-    totp_pending_secret: Mapped[str | None] = mapped_column(String(64))
+    # Sealed (AES-GCM envelope, tollgate.auth.sealing), never in clear; Text since 0008_auth_hardening.
+    totp_secret: Mapped[str | None] = mapped_column(Text)
+    totp_pending_secret: Mapped[str | None] = mapped_column(Text)
+    # When the current second factor was turned on, and when the last sign-in that proved the password (and
+    # the second factor, if any) completed: a reset drops a factor enrolled after that sign-in (0008).
+    two_factor_enrolled_at: Mapped[datetime | None]
+    password_login_at: Mapped[datetime | None]
     # The last TOTP time step accepted: a code is never accepted twice.
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
     password_changed_at: Mapped[datetime | None]

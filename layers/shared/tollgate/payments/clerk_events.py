@@ -4,6 +4,7 @@
   the sign-up grant once (ledger source key `signup`), in the same transaction as the new user.
   A user already registered with the same email is linked to the Clerk id only when Clerk reports that email
   verified (otherwise anyone could claim an account by typing its address into Clerk).
+  ADMIN_EMAILS makes an admin only of a user whose primary email Clerk reports verified.
 - `user.deleted`: soft delete (`deleted_at`), every session and API key revoked. Later `user.updated` events of
   a deleted user never bring it back; a `user.created` that arrives after the delete creates nothing.
 """
@@ -75,8 +76,7 @@ def user_upsert(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any]) -> Outc
     if user is None:
         if not email:
             return Outcome.rejected("the Clerk user has no email address", clerk_id=clerk_id)
-        admins = get_settings().admin_emails
-        user = User(email=email, clerk_id=clerk_id, role="ADMIN" if email.lower() in admins else "USER")
+        user = User(email=email, clerk_id=clerk_id, role="USER")
         session.add(user)
         created = True
     user.clerk_id = clerk_id
@@ -88,6 +88,15 @@ def user_upsert(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any]) -> Outc
             user.email = email
     if verified and user.email_verified_at is None:
         user.email_verified_at = _ms(data.get("updated_at")) or ctx.now
+    # ADMIN_EMAILS counts only for a primary email Clerk reports verified: anyone can type an address into Clerk.
+    if (
+        verified
+        and user.role == "USER"
+        and email
+        and user.email.lower() == email.lower()
+        and email.lower() in get_settings().admin_emails
+    ):
+        user.role = "ADMIN"
     name = " ".join(p for p in (data.get("first_name"), data.get("last_name")) if p)
     if name:
         user.name = name[:200]

@@ -10,6 +10,10 @@
 The function caches verdicts per token for AUTHORIZER_CACHE_SECONDS (never past the token's expiry), so a
 revoked session or key stops working within that delay, and always within one access-token lifetime.
 
+Scopes (issue 11): a session holds every right of its user; an API key only the scopes it was created with.
+The verdict carries the credential kind, the scopes and (for sessions) `auth_time`; `allows_route` checks them
+against the route's declaration in tollgate.auth.scopes, so a key never reaches a credential route.
+
 Suspended and deleted accounts are refused everywhere. A LOCKED account (its trial ended without a paid plan,
 see the TrialExpiry job) is let through only to the routes its owner needs to pay and manage the account
 (`LOCKED_ROUTE_PREFIXES`): paying is what unlocks it.
@@ -24,13 +28,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from tollgate.auth import scopes as key_scopes
 from tollgate.auth.access_tokens import verify_access_token
 from tollgate.auth.clerk import verify_clerk_token
 from tollgate.auth.secrets import hash_secret
 from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
 from tollgate.db.base import utcnow
-from tollgate.models import User, UserStatus
+from tollgate.models import User, UserRole, UserStatus
 from tollgate.models.auth import ApiKey, AuthSession
 
 API_KEY_TOUCH_INTERVAL = timedelta(minutes=1)
@@ -48,6 +53,12 @@ class Verdict:
     valid_until: float
     api_key_id: str = ""
     status: str = UserStatus.ACTIVE
+    scopes: frozenset[str] = frozenset({key_scopes.ALL})
+    auth_time: int | None = None
+
+    @property
+    def credential(self) -> str:
+        return "api_key" if self.api_key_id else "session"
 
     def context(self) -> dict[str, str]:
         # The keys tollgate.http.api.current_principal reads (all strings: simple-response context).
@@ -58,6 +69,9 @@ class Verdict:
             "tier": self.tier,
             "api_key_id": self.api_key_id,
             "status": self.status,
+            "credential": self.credential,
+            "scopes": key_scopes.encode(self.scopes),
+            "auth_time": "" if self.auth_time is None else str(self.auth_time),
         }
 
 
@@ -65,8 +79,11 @@ def _usable(user: User | None) -> bool:
     return user is not None and user.deleted_at is None and user.status in (UserStatus.ACTIVE, UserStatus.LOCKED)
 
 
-def allows_route(status: str, route_key: str) -> bool:
-    """Whether an account in `status` may call `route_key` ("POST /billing/checkout")."""
+def allows_route(status: str, route_key: str, credential: str = "session", scopes: str = "") -> bool:
+    """Whether an account in `status`, calling with this credential (`scopes` as the context carries them), may
+    call `route_key` ("POST /billing/checkout")."""
+    if not key_scopes.permits(credential, key_scopes.decode(scopes), route_key):
+        return False
     if status != UserStatus.LOCKED:
         return True
     path = route_key.partition(" ")[2]
@@ -90,7 +107,13 @@ def authorize_bearer(uow: UnitOfWork, token: str) -> Verdict | None:
             return None
         user: User = row.User
         return Verdict(
-            user.id, user.role, user.tier, str(claims.session_id), float(claims.expires_at), status=user.status
+            user.id,
+            user.role,
+            user.tier,
+            str(claims.session_id),
+            float(claims.expires_at),
+            status=user.status,
+            auth_time=claims.auth_time,
         )
 
 
@@ -114,7 +137,16 @@ def authorize_api_key(uow: UnitOfWork, key: str, now: datetime | None = None) ->
             uow.session.execute(update(ApiKey).where(ApiKey.id == api_key.id).values(last_used_at=now))
             uow.commit()
         valid_until = api_key.expires_at.timestamp() if api_key.expires_at else float("inf")
-        return Verdict(user.id, user.role, user.tier, "", valid_until, api_key_id=str(api_key.id), status=user.status)
+        return Verdict(
+            user.id,
+            user.role,
+            user.tier,
+            "",
+            valid_until,
+            api_key_id=str(api_key.id),
+            status=user.status,
+            scopes=frozenset(api_key.scopes or ()),
+        )
 
 
 def authorize_clerk(uow: UnitOfWork, token: str) -> Verdict | None:
@@ -148,11 +180,14 @@ def _first_sight(uow: UnitOfWork, clerk_id: str, email: str | None) -> User:
     placeholder = f"{clerk_id}@users.clerk.invalid"
     try:
         with session.begin_nested():
+            # Never ADMIN from ADMIN_EMAILS here: a token's email claim does not say Clerk verified it. The
+            # Clerk webhook promotes the user once it reports the primary email verified.
             user = create_user(
                 session,
                 email=address or placeholder,
                 email_verified_at=now if address else None,
                 clerk_id=clerk_id,
+                role=UserRole.USER,
             )
         uow.commit()
         return user

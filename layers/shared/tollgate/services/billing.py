@@ -8,15 +8,12 @@ same. Webhooks grant only what the provider itself reports paying for (see `toll
 
 from __future__ import annotations
 
-import base64
-import json
+import hashlib
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
@@ -27,11 +24,11 @@ from tollgate.errors import (
     NoBillingAccount,
     NotFound,
     ProviderNotConfigured,
-    ValidationFailed,
 )
 from tollgate.models.credits import CreditPack, Plan
 from tollgate.models.payments import Invoice, Purchase, Subscription
 from tollgate.models.users import User
+from tollgate.pagination import Page, keyset_page
 from tollgate.payments import adapters
 from tollgate.payments.handling import ENTITLED
 from tollgate.payments.money import to_minor
@@ -48,10 +45,11 @@ class CheckoutResult:
     session_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
-    items: Sequence[Any]
-    next_cursor: str | None
+def _provider_key(user_id: uuid.UUID, idempotency_key: str) -> str:
+    """The provider-side idempotency key of a checkout: per user, and within Stripe's 255 characters whatever
+    the client's key (up to 255 characters itself) is."""
+    digest = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()
+    return f"checkout:{user_id}:{digest}"
 
 
 def _user(uow: UnitOfWork, user_id: uuid.UUID) -> User:
@@ -121,7 +119,7 @@ def create_checkout(
             unit_amount_minor=minor,
             currency=currency,
             customer_id=customer_id,
-            idempotency_key=f"checkout:{user.id}:{idempotency_key}" if idempotency_key else None,
+            idempotency_key=_provider_key(user.id, idempotency_key) if idempotency_key else None,
         )
     # The provider call runs outside any database transaction.
     gateway = adapters.stripe_gateway() if provider == "stripe" else adapters.lemonsqueezy_gateway()
@@ -187,42 +185,23 @@ def current_subscription(uow: UnitOfWork, user_id: uuid.UUID) -> tuple[Subscript
         return sub, plan
 
 
-def _encode(created_at: datetime, row_id: uuid.UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(row_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        stamp, row_id = json.loads(raw)
-        return datetime.fromisoformat(stamp), uuid.UUID(row_id)
-    except (ValueError, TypeError):
-        raise ValidationFailed("the cursor is not valid", details={"field": "cursor"}) from None
-
-
 def _page(
     uow: UnitOfWork, model: type[Purchase] | type[Invoice], user_id: uuid.UUID, cursor: str | None, limit: int
-) -> Page:
+) -> Page[Any]:
     with uow:
-        query = select(model).where(model.user_id == user_id)
-        if cursor:
-            created_at, row_id = _decode(cursor)
-            query = query.where(
-                or_(model.created_at < created_at, and_(model.created_at == created_at, model.id < row_id))
-            )
-        rows = uow.session.execute(query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)).scalars()
-        items = cast(list[Purchase | Invoice], list(rows))
-        uow.session.expunge_all()
-    more = len(items) > limit
-    items = items[:limit]
-    last: Purchase | Invoice | None = items[-1] if more and items else None
-    return Page(items, _encode(last.created_at, last.id) if last is not None else None)
+        page = keyset_page(
+            uow.session, select(model).where(model.user_id == user_id), model.created_at, model.id, cursor=cursor,
+            limit=limit, descending=True,
+        )  # fmt: skip
+        uow.session.expunge_all()  # detached, loaded: the exit's rollback must not expire them
+    return page
 
 
-def list_purchases(uow: UnitOfWork, user_id: uuid.UUID, *, cursor: str | None = None, limit: int = 20) -> Page:
+def list_purchases(
+    uow: UnitOfWork, user_id: uuid.UUID, *, cursor: str | None = None, limit: int = 20
+) -> Page[Purchase]:
     return _page(uow, Purchase, user_id, cursor, limit)
 
 
-def list_invoices(uow: UnitOfWork, user_id: uuid.UUID, *, cursor: str | None = None, limit: int = 20) -> Page:
+def list_invoices(uow: UnitOfWork, user_id: uuid.UUID, *, cursor: str | None = None, limit: int = 20) -> Page[Invoice]:
     return _page(uow, Invoice, user_id, cursor, limit)

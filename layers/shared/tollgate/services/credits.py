@@ -49,7 +49,8 @@ BALANCE_SQL = """
 SELECT u.tier,
        coalesce(a.balance, 0) AS balance, coalesce(a.held, 0) AS held, coalesce(a.debt, 0) AS debt,
        coalesce(a.floor, 0) AS floor, coalesce(a.bonus_auto_use, false) AS bonus_auto_use,
-       coalesce(s.allow_bonus_auto_use_toggle, true) AS toggle_allowed,
+       coalesce(s.allow_bonus_auto_use_toggle, false) AS toggle_allowed,
+       tollgate_allow_packs(a.bonus_auto_use, s.allow_bonus_auto_use_toggle) AS packs_usable,
        coalesce(sum(g.remaining) FILTER (WHERE g.kind = 'allowance'), 0) AS allowance,
        coalesce(sum(g.remaining) FILTER (WHERE g.kind = 'purchase'), 0) AS bonus,
        coalesce(sum(g.remaining) FILTER (WHERE g.kind NOT IN ('allowance', 'purchase')), 0) AS promotional,
@@ -77,7 +78,7 @@ def _balance(uow: UnitOfWork, user_id: uuid.UUID) -> BalanceView:
         from tollgate.errors import NotFound
 
         raise NotFound("no such user", details={"user_id": str(user_id)})
-    packs_usable = row["bonus_auto_use"] or not row["toggle_allowed"]
+    packs_usable = row["packs_usable"]  # the ledger's own auto-use rule (tollgate_allow_packs)
     line_room = -row["floor"] - row["debt"]
     available = row["free_live"] + (row["bonus_live"] if packs_usable else ZERO) + line_room
     return BalanceView(
@@ -111,13 +112,12 @@ def record_usage(
     idempotency_key: str | None = None,
 ) -> ledger.ChargeResult:
     with uow:
-        # The charge is the whole unit of work: the database commits it as one statement (one round trip).
-        result = ledger.charge_committed(
+        # One statement in the unit of work's transaction, answered only once committed: a failed commit raises.
+        result = ledger.charge(
             uow.session, user_id, operation=operation, quantity=quantity, metadata=metadata,
             idempotency_key=idempotency_key,
         )  # fmt: skip
-        if not result.committed:
-            uow.commit()
+        uow.commit()
     return result
 
 
@@ -244,7 +244,7 @@ def update_settings(uow: UnitOfWork, user_id: uuid.UUID, *, bonus_auto_use: bool
         allowed = uow.session.execute(
             text("SELECT allow_bonus_auto_use_toggle FROM admin_settings WHERE id = 1")
         ).scalar_one_or_none()
-        if allowed is False:
+        if not allowed:  # no settings row: the default, users do not choose
             raise BonusAutoUseLocked(
                 "purchased credits are always used automatically on this deployment",
                 details={"bonus_auto_use": True},

@@ -177,7 +177,7 @@ def user_credits(uow: UnitOfWork, actor: Actor, user_id: uuid.UUID) -> UserCredi
                 .where(CreditGrant.user_id == user_id)
                 .order_by(
                     (CreditGrant.status != "active"),
-                    CreditGrant.priority,
+                    CreditGrant.is_pack,
                     CreditGrant.expires_at.asc().nulls_last(),
                     CreditGrant.created_at.desc(),
                 )

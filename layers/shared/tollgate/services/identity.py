@@ -8,6 +8,19 @@ Rules kept here (issue 4):
   where that applies, and expiring;
 - failed sign-ins are counted per account and per IP in Postgres; past the threshold, 429;
 - a suspended, locked or deleted account can neither sign in nor refresh.
+
+Rules added by issue 11 (accounts an attacker cannot take over):
+- a registration proves nothing until its link is clicked: its password hash, name and username wait on the
+  verification token, and the link that is used writes them (and any ADMIN_EMAILS role) to the account; an
+  unconfirmed registration leaves nothing a later one inherits, and a verified account cannot be registered
+  over;
+- credential changes (API keys, 2FA on/off, recovery codes, password change, revoking other sessions) need a
+  session that proved the password (and second factor) within STEP_UP_WINDOW_SECONDS (`Caller.auth_time`),
+  never an API key: otherwise `ReauthenticationRequired`;
+- each such change mails a security notice whose one-time link locks the account's credentials;
+- a password reset or change revokes every other session and every API key; a reset also drops a second
+  factor enrolled after the last completed password sign-in;
+- TOTP secrets are stored sealed (tollgate.auth.sealing), recovery codes hashed.
 """
 
 from __future__ import annotations
@@ -19,14 +32,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import pyotp
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tollgate.auth import passwords, throttle
+from tollgate.auth import passwords, sealing, throttle
+from tollgate.auth import scopes as key_scopes
 from tollgate.auth.access_tokens import issue_access_token
 from tollgate.auth.secrets import hash_secret, new_code, new_token, same_hash
 from tollgate.config import get_settings
@@ -37,7 +51,6 @@ from tollgate.errors import (
     BadRequest,
     BuiltinAuthDisabled,
     Conflict,
-    EmailNotVerified,
     InvalidCredentials,
     InvalidRefreshToken,
     InvalidToken,
@@ -45,9 +58,12 @@ from tollgate.errors import (
     NotFound,
     PasswordNotSet,
     RateLimited,
+    ReauthenticationRequired,
     RefreshTokenReused,
+    ScopeNotAllowed,
     TwoFactorStateConflict,
     UsernameTaken,
+    ValidationFailed,
 )
 from tollgate.mail import OutgoingMail, send_mail
 from tollgate.mail import messages as mails
@@ -57,18 +73,23 @@ from tollgate.models.auth import (
     AuthSession,
     EmailLog,
     PasswordResetToken,
+    RecoveryCode,
+    SecurityLockToken,
     TwoFactorConfirmation,
     TwoFactorToken,
     VerificationToken,
 )
+from tollgate.pagination import Page, keyset_page
 
 VERIFICATION_TTL = timedelta(hours=24)
 RESET_TTL = timedelta(hours=1)
 TWO_FACTOR_TTL = timedelta(minutes=10)
 TOTP_ISSUER = "Tollgate"
 API_KEY_PREFIX = "tg"
-T = TypeVar("T")
 MAX_API_KEYS = 50
+RECOVERY_CODE_COUNT = 10
+RECOVERY_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: codes are typed from paper
+RECOVERY_CODE_LENGTH = 10  # about 49 bits each
 
 
 # --- values the services return -------------------------------------------------------------------------------
@@ -76,6 +97,16 @@ MAX_API_KEYS = 50
 class ClientInfo:
     ip: str | None = None
     user_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who calls, as the authorizer proved it: a session (its id and step-up clock) or an API key."""
+
+    user_id: uuid.UUID
+    session_id: str | None = None
+    api_key_id: str | None = None
+    auth_time: int | None = None  # epoch seconds of the session's last password (+2FA) proof
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +144,7 @@ class ApiKeyView:
     last_used_at: datetime | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    scopes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +160,12 @@ class TotpSetup:
 
 
 @dataclass(frozen=True, slots=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_cursor: str | None
+class AccessToken:
+    access_token: str
+    expires_in: int
+    auth_time: datetime
+    step_up_until: datetime
+    token_type: str = "Bearer"  # noqa: S105  (the scheme name, not a secret)
 
 
 # --- helpers shared by the flows ------------------------------------------------------------------------------
@@ -191,12 +226,22 @@ def create_user(session: Session, **fields: object) -> User:
     return user
 
 
-def start_session(session: Session, user: User, client: ClientInfo, now: datetime) -> TokenPair:
-    """A new session family and its first token pair."""
-    return _issue_pair(session, user, uuid.uuid4(), client, now)
+def start_session(
+    session: Session, user: User, client: ClientInfo, now: datetime, *, authenticated_at: datetime | None = None
+) -> TokenPair:
+    """A new session family and its first token pair. `authenticated_at`: when it proved the password (and
+    second factor); None for sign-ins that did not (OAuth), which must reauthenticate before credential changes."""
+    return _issue_pair(session, user, uuid.uuid4(), client, now, authenticated_at)
 
 
-def _issue_pair(session: Session, user: User, family_id: uuid.UUID, client: ClientInfo, now: datetime) -> TokenPair:
+def _issue_pair(
+    session: Session,
+    user: User,
+    family_id: uuid.UUID,
+    client: ClientInfo,
+    now: datetime,
+    authenticated_at: datetime | None,
+) -> TokenPair:
     refresh = new_token(32)
     session.add(
         AuthSession(
@@ -207,10 +252,11 @@ def _issue_pair(session: Session, user: User, family_id: uuid.UUID, client: Clie
             ip=(client.ip or None),
             user_agent=(client.user_agent or "")[:512] or None,
             last_used_at=now,
+            authenticated_at=authenticated_at,
             created_at=now,
         )
     )
-    access, ttl = issue_access_token(user.id, family_id, user.role, now)
+    access, ttl = issue_access_token(user.id, family_id, user.role, now, authenticated_at)
     return TokenPair(access_token=access, refresh_token=refresh, expires_in=ttl, session_id=family_id)
 
 
@@ -222,6 +268,68 @@ def _revoke_families(
         query = query.where(AuthSession.family_id != except_family)
     result = session.execute(query.values(revoked_at=utcnow(), revoked_reason=reason))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _revoke_api_keys(session: Session, user_id: uuid.UUID, now: datetime) -> int:
+    result = session.execute(
+        update(ApiKey).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None)).values(revoked_at=now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _end_sign_ins_in_progress(session: Session, user_id: uuid.UUID, now: datetime) -> None:
+    """A sign-in that proved the old password but not yet its second factor must not finish after the password
+    was reset, changed or locked: whoever started it may be the one being locked out."""
+    session.execute(
+        update(TwoFactorConfirmation)
+        .where(
+            TwoFactorConfirmation.user_id == user_id,
+            TwoFactorConfirmation.confirmed_at.is_(None),
+            TwoFactorConfirmation.expires_at > now,
+        )
+        .values(expires_at=now)
+    )
+
+
+def _drop_second_factor(session: Session, user: User) -> None:
+    user.two_factor_enabled = False
+    user.two_factor_method = None
+    user.two_factor_enrolled_at = None
+    user.totp_secret = None
+    user.totp_pending_secret = None
+    user.totp_last_step = None
+    session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+
+
+def require_step_up(caller: Caller, now: datetime) -> None:
+    """Credential changes need a session (never an API key) that proved the password (and second factor)
+    within the step-up window."""
+    window = get_settings().step_up_window_seconds
+    if caller.api_key_id or not caller.session_id:
+        raise ReauthenticationRequired(
+            "API keys cannot change credentials; use a signed-in session", details={"window_seconds": window}
+        )
+    if caller.auth_time is None or caller.auth_time < int(now.timestamp()) - window:
+        raise ReauthenticationRequired(
+            "confirm your password (and second factor) with POST /auth/reauthenticate first",
+            details={"window_seconds": window},
+        )
+
+
+def _security_notice(session: Session, user: User, event: str, now: datetime) -> OutgoingMail:
+    """A notice of `event` with its one-time lock link (the caller sends it after committing)."""
+    hours = get_settings().security_lock_link_hours
+    token = new_token(32)
+    session.add(
+        SecurityLockToken(
+            user_id=user.id,
+            event=event,
+            token_hash=hash_secret(token),
+            expires_at=now + timedelta(hours=hours),
+            created_at=now,
+        )
+    )
+    return mails.security_notice(user.email, user.id, event, token, hours)
 
 
 def promote_admin(user: User) -> None:
@@ -237,9 +345,13 @@ def _answer_no_sooner_than(milliseconds: int) -> Iterator[None]:
     try:
         yield
     finally:
-        remaining = milliseconds / 1000 - (time.monotonic() - started)
-        if remaining > 0:
-            time.sleep(remaining)
+        _pad_to_floor(started, milliseconds)
+
+
+def _pad_to_floor(started: float, milliseconds: int) -> None:
+    remaining = milliseconds / 1000 - (time.monotonic() - started)
+    if remaining > 0:
+        time.sleep(remaining)
 
 
 # --- register and verify ----------------------------------------------------------------------------------------
@@ -280,6 +392,7 @@ def _register(uow: UnitOfWork, email: str, password: str, name: str | None, user
     with uow:
         session = uow.session
         if username is not None:
+            # The same check whatever the email: it can tell that a username is in use, never an email.
             taken = session.execute(select(User.id).where(func.lower(User.username) == username.lower())).first()
             if taken is not None:
                 raise UsernameTaken("this username is taken")
@@ -287,43 +400,44 @@ def _register(uow: UnitOfWork, email: str, password: str, name: str | None, user
         if user is None:
             try:
                 with session.begin_nested():
-                    user = create_user(
-                        session, email=email.strip(), password_hash=password_hash, name=name, username=username
-                    )
+                    # A bare account: no password, name, username or ADMIN_EMAILS role until a link is used.
+                    user = create_user(session, email=email.strip(), role=UserRole.USER)
             except IntegrityError:
-                # Another request registered the same email (or username) a moment ago.
+                # Another request registered the same email a moment ago.
                 user = user_by_email(session, email)
                 if user is None:
-                    raise UsernameTaken("this username is taken") from None
-                outgoing = _mail_for_existing(session, user, now)
-            else:
-                outgoing = _new_verification(session, user, now)
-        else:
-            outgoing = _mail_for_existing(session, user, now)
+                    raise
+        outgoing = _registration_mail(session, user, password_hash, name, username, now)
         uow.commit()
     if outgoing is not None:
         send_mail(uow, outgoing)
 
 
-def _new_verification(session: Session, user: User, now: datetime) -> OutgoingMail:
+def _registration_mail(
+    session: Session, user: User, password_hash: str, name: str | None, username: str | None, now: datetime
+) -> OutgoingMail | None:
+    """A verified account gets a notice and nothing changes; an unverified one a link that carries this
+    registration's password, name and username (each registration its own, none inherited)."""
+    if user.is_deleted:
+        return None
+    if user.email_verified:
+        return mails.account_exists(user.email, user.id)
     token = new_token(32)
     session.add(
         VerificationToken(
-            user_id=user.id, email=user.email, token_hash=hash_secret(token), expires_at=now + VERIFICATION_TTL
+            user_id=user.id,
+            email=user.email,
+            token_hash=hash_secret(token),
+            expires_at=now + VERIFICATION_TTL,
+            password_hash=password_hash,
+            name=name,
+            username=username,
         )
     )
     return mails.verify_email(user.email, user.id, token)
 
 
-def _mail_for_existing(session: Session, user: User, now: datetime) -> OutgoingMail | None:
-    if user.is_deleted:
-        return None
-    if user.email_verified:
-        return mails.account_exists(user.email, user.id)
-    return _new_verification(session, user, now)
-
-
-LinkToken = TypeVar("LinkToken", VerificationToken, PasswordResetToken)
+LinkToken = TypeVar("LinkToken", VerificationToken, PasswordResetToken, SecurityLockToken)
 
 
 def _live_link_token(session: Session, model: type[LinkToken], token: str, now: datetime) -> LinkToken:
@@ -336,59 +450,178 @@ def _live_link_token(session: Session, model: type[LinkToken], token: str, now: 
     return row
 
 
-def verify_email(uow: UnitOfWork, token: str) -> None:
+def verify_email(uow: UnitOfWork, token: str, password: str, ip: str | None = None) -> None:
+    """Confirm the registration whose link this is: its password, name and username become the account's.
+
+    The link alone is not enough: `password` must be that registration's. Whoever registers an address first
+    puts his link in the owner's mailbox, and inside the mail anti-spam window it may be the only one there;
+    clicking it must not hand her account his password. A wrong password answers exactly like a bad link (and
+    leaves the link usable), costs one password check either way, and counts as a failed sign-in."""
+    require_builtin()
     now = utcnow()
     with uow:
         session = uow.session
-        row = _live_link_token(session, VerificationToken, token, now)
-        user = _user(session, row.user_id, lock=True)
-        if normalise_email(user.email) != normalise_email(row.email):
+        throttle.check(session, [("ip", ip or "")], now)
+        row = _verification_row(session, token, now)
+        account_key = normalise_email(row.email) if row is not None else None
+        if account_key is not None:
+            throttle.check(session, [("account", account_key)], now)
+        ok = passwords.verify_password(row.password_hash if row is not None else None, password)
+        user = _user(session, row.user_id, lock=True) if row is not None and ok else None
+        if (
+            row is None
+            or user is None
+            or normalise_email(user.email) != normalise_email(row.email)
+            or user.email_verified  # a verified account is never registered over
+        ):
+            throttle.record_failure(session, "account", account_key, now)
+            throttle.record_failure(session, "ip", ip, now)
+            uow.commit()
             raise InvalidToken("this link is invalid or has expired")
-        # Every outstanding link of this user is spent: one verification is enough.
+        assert row.password_hash is not None  # verify_password accepts no missing hash
+        user.password_hash = row.password_hash
+        user.password_changed_at = now
+        user.name = row.name
+        user.username = None
+        user.email_verified_at = now
+        user.role = role_for_new_user(user.email) if user.role == UserRole.USER else user.role
+        # Nothing made before the address was proven survives it.
+        _drop_second_factor(session, user)
+        _revoke_families(session, user.id, "registration_verified")
+        _revoke_api_keys(session, user.id, now)
         session.execute(
             update(VerificationToken)
             .where(VerificationToken.user_id == user.id, VerificationToken.used_at.is_(None))
             .values(used_at=now)
         )
-        if user.email_verified_at is None:
-            user.email_verified_at = now
+        throttle.clear(session, "account", account_key)
+        session.flush()
+        if row.username is not None:
+            free = session.execute(
+                select(User.id).where(func.lower(User.username) == row.username.lower(), User.id != user.id)
+            ).first()
+            if free is None:
+                try:
+                    with session.begin_nested():
+                        user.username = row.username
+                        session.flush()
+                except IntegrityError:
+                    user.username = None  # taken meanwhile: the account starts without one
         uow.commit()
+
+
+def _verification_row(session: Session, token: str, now: datetime) -> VerificationToken | None:
+    """The live verification token of this link, locked, or None. A token without a password (from before
+    registrations carried their own) confirms nothing: its owner registers again or resets the password."""
+    try:
+        row = _live_link_token(session, VerificationToken, token, now)
+    except InvalidToken:
+        return None
+    return row if row.password_hash is not None else None
 
 
 # --- login ----------------------------------------------------------------------------------------------------
 def login(uow: UnitOfWork, email: str, password: str, client: ClientInfo) -> TokenPair | TwoFactorChallenge:
+    """Sign in. An account whose address is not verified yet answers exactly like a wrong password (status,
+    body, and no sooner than the enumeration floor): anything else would tell a prober who registered an address
+    with his own password whether it already had an account. With the newest pending registration's password,
+    that registration's verification mail goes out again (the anti-spam window applies)."""
     require_builtin()
+    started = time.monotonic()
+    try:
+        return _login(uow, email, password, client)
+    except InvalidCredentials:
+        _pad_to_floor(started, get_settings().enumeration_floor_ms)
+        raise
+
+
+def _login(uow: UnitOfWork, email: str, password: str, client: ClientInfo) -> TokenPair | TwoFactorChallenge:
     account_key = normalise_email(email)
     now = utcnow()
+    outcome: TokenPair | TwoFactorChallenge | None = None
+    outgoing: OutgoingMail | None = None
     with uow:
         session = uow.session
         throttle.check(session, [("account", account_key), ("ip", client.ip or "")], now)
         user = user_by_email(session, email)
-        ok = passwords.verify_password(user.password_hash if user is not None else None, password)
-        if user is None or not ok:
+        pending: VerificationToken | None = None
+        if user is not None and not user.email_verified:
+            # One hash either way: the newest pending registration's, whose owner is mailed her link again.
+            pending = _pending_registration(session, user.id, now)
+            stored = pending.password_hash if pending is not None else None
+        else:
+            stored = user.password_hash if user is not None else None
+        ok = passwords.verify_password(stored, password)
+        if user is not None and ok and user.email_verified:
+            outcome, outgoing = _sign_in(session, user, password, client, now)
+        else:
+            # An unverified account is refused like a wrong password, and counted like one.
+            if user is not None and ok and pending is not None and _may_be_mailed(user):
+                outgoing = _resend_registration_mail(session, user, pending, now)
             throttle.record_failure(session, "account", account_key, now)
             throttle.record_failure(session, "ip", client.ip, now)
-            uow.commit()
-            raise InvalidCredentials("the email or password is wrong")
-        ensure_active(user)
-        if not user.email_verified:
-            raise EmailNotVerified("confirm your email address first; we sent you a link")
-        if user.password_hash and passwords.needs_rehash(user.password_hash):
-            user.password_hash = passwords.hash_password(password)
-        promote_admin(user)
-        if not user.two_factor_enabled:
-            throttle.clear(session, "account", account_key)
-            user.last_login_at = now
-            pair = start_session(session, user, client, now)
-            uow.commit()
-            return pair
-        challenge, code = _open_challenge(session, user, client, now)
-        outcome = TwoFactorChallenge(challenge_id=challenge.id, method=challenge.method)
-        outgoing = mails.two_factor_code(user.email, user.id, code, challenge.id) if code is not None else None
         uow.commit()
     if outgoing is not None:
         send_mail(uow, outgoing)
+    if outcome is None:
+        raise InvalidCredentials("the email or password is wrong")
     return outcome
+
+
+def _sign_in(
+    session: Session, user: User, password: str, client: ClientInfo, now: datetime
+) -> tuple[TokenPair | TwoFactorChallenge, OutgoingMail | None]:
+    """The verified account proved its password: a session, or the second-factor challenge (and its mail)."""
+    ensure_active(user)
+    if user.password_hash and passwords.needs_rehash(user.password_hash):
+        user.password_hash = passwords.hash_password(password)
+    promote_admin(user)
+    if not user.two_factor_enabled:
+        throttle.clear(session, "account", normalise_email(user.email))
+        user.last_login_at = now
+        user.password_login_at = now
+        return start_session(session, user, client, now, authenticated_at=now), None
+    challenge, code = _open_challenge(session, user, client, now)
+    outgoing = mails.two_factor_code(user.email, user.id, code, challenge.id) if code is not None else None
+    return TwoFactorChallenge(challenge_id=challenge.id, method=challenge.method), outgoing
+
+
+def _may_be_mailed(user: User) -> bool:
+    return not user.is_deleted and user.status in (UserStatus.ACTIVE, UserStatus.LOCKED)
+
+
+def _resend_registration_mail(
+    session: Session, user: User, pending: VerificationToken, now: datetime
+) -> OutgoingMail:
+    """A fresh link for the same registration (tokens are stored hashed, so the old one cannot be mailed again);
+    the earlier link keeps working, which matters when the anti-spam window holds this mail back."""
+    token = new_token(32)
+    session.add(
+        VerificationToken(
+            user_id=user.id,
+            email=user.email,
+            token_hash=hash_secret(token),
+            expires_at=now + VERIFICATION_TTL,
+            password_hash=pending.password_hash,
+            name=pending.name,
+            username=pending.username,
+        )
+    )
+    return mails.verify_email(user.email, user.id, token)
+
+
+def _pending_registration(session: Session, user_id: uuid.UUID, now: datetime) -> VerificationToken | None:
+    return session.execute(
+        select(VerificationToken)
+        .where(
+            VerificationToken.user_id == user_id,
+            VerificationToken.used_at.is_(None),
+            VerificationToken.expires_at > now,
+            VerificationToken.password_hash.is_not(None),
+        )
+        .order_by(VerificationToken.created_at.desc(), VerificationToken.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
 
 
 def _open_challenge(
@@ -471,7 +704,8 @@ def login_two_factor(uow: UnitOfWork, challenge_id: uuid.UUID, code: str, client
             raise RateLimited("too many wrong codes; sign in again")
         throttle.check(session, [("account", account_key), ("ip", client.ip or "")], now)
         ensure_active(user)
-        if not _code_matches(session, user, challenge, code.strip(), now):
+        matched = _code_matches(session, user, challenge, code.strip(), now)
+        if matched is None:
             challenge.attempts += 1
             throttle.record_failure(session, "account", account_key, now)
             throttle.record_failure(session, "ip", client.ip, now)
@@ -487,16 +721,26 @@ def login_two_factor(uow: UnitOfWork, challenge_id: uuid.UUID, code: str, client
         challenge.confirmed_at = now
         throttle.clear(session, "account", account_key)
         user.last_login_at = now
-        pair = start_session(session, user, client, now)
+        user.password_login_at = now
+        pair = start_session(session, user, client, now, authenticated_at=now)
+        outgoing = _security_notice(session, user, "recovery_code_used", now) if matched == "recovery" else None
         uow.commit()
-        return pair
+    if outgoing is not None:
+        send_mail(uow, outgoing)
+    return pair
 
 
-def _code_matches(session: Session, user: User, challenge: TwoFactorConfirmation, code: str, now: datetime) -> bool:
+def _code_matches(
+    session: Session, user: User, challenge: TwoFactorConfirmation, code: str, now: datetime
+) -> str | None:
+    """Which kind of code completed the challenge ("code", or "recovery" for a TOTP user's recovery code), or
+    None when it does not."""
+    if challenge.method == "totp" and not (code.isdigit() and len(code) == 6):
+        return "recovery" if _use_recovery_code(session, user, code, now) else None
     if not code.isdigit() or len(code) != 6:
-        return False
+        return None
     if challenge.method == "totp":
-        return _accept_totp(user, user.totp_secret, code, now)
+        return "code" if _accept_totp(user, user.totp_secret, code, now) else None
     tokens = session.execute(
         select(TwoFactorToken).where(
             TwoFactorToken.challenge_id == challenge.id,
@@ -508,12 +752,25 @@ def _code_matches(session: Session, user: User, challenge: TwoFactorConfirmation
     for token in tokens:
         if same_hash(token.code_hash, wanted):
             token.used_at = now
-            return True
-    return False
+            return "code"
+    return None
 
 
-def _accept_totp(user: User, secret: str | None, code: str, now: datetime) -> bool:
+def _totp_context(user_id: uuid.UUID, column: str) -> str:
+    return f"users.{column}:{user_id}"
+
+
+def _open_totp_secret(user: User, stored: str | None, column: str) -> str | None:
+    if not stored:
+        return None
+    if not sealing.is_sealed(stored):
+        return stored  # written before secrets were sealed; re-sealed below once it is used
+    return sealing.unseal(stored, _totp_context(user.id, column))
+
+
+def _accept_totp(user: User, stored: str | None, code: str, now: datetime, column: str = "totp_secret") -> bool:
     """A TOTP code of the current step or one step either side, never one already accepted."""
+    secret = _open_totp_secret(user, stored, column)
     if not secret:
         return False
     totp = pyotp.TOTP(secret)
@@ -523,8 +780,48 @@ def _accept_totp(user: User, secret: str | None, code: str, now: datetime) -> bo
             continue
         if secrets.compare_digest(totp.generate_otp(step), code):
             user.totp_last_step = step
+            if column == "totp_secret" and stored is not None and sealing.reseal_needed(stored):
+                user.totp_secret = sealing.seal(secret, _totp_context(user.id, "totp_secret"))
             return True
     return False
+
+
+def _normalise_recovery_code(code: str) -> str:
+    return "".join(ch for ch in code.lower() if ch.isalnum())
+
+
+def _recovery_hash(user_id: uuid.UUID, code: str) -> str:
+    return hash_secret(_normalise_recovery_code(code), context=f"recovery:{user_id}")
+
+
+def _use_recovery_code(session: Session, user: User, code: str, now: datetime) -> bool:
+    if len(_normalise_recovery_code(code)) != RECOVERY_CODE_LENGTH:
+        return False
+    row = session.execute(
+        select(RecoveryCode)
+        .where(
+            RecoveryCode.user_id == user.id,
+            RecoveryCode.code_hash == _recovery_hash(user.id, code),
+            RecoveryCode.used_at.is_(None),
+        )
+        .with_for_update()
+    ).scalar_one_or_none()
+    if row is None:
+        return False
+    row.used_at = now
+    return True
+
+
+def _new_recovery_codes(session: Session, user: User, now: datetime) -> list[str]:
+    """Ten fresh codes (shown once), replacing any earlier set."""
+    session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    codes = []
+    for _ in range(RECOVERY_CODE_COUNT):
+        raw = "".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(RECOVERY_CODE_LENGTH))
+        code = f"{raw[:5]}-{raw[5:]}"
+        codes.append(code)
+        session.add(RecoveryCode(user_id=user.id, code_hash=_recovery_hash(user.id, code), created_at=now))
+    return codes
 
 
 # --- refresh and logout -----------------------------------------------------------------------------------------
@@ -552,7 +849,7 @@ def refresh(uow: UnitOfWork, refresh_token: str, client: ClientInfo) -> TokenPai
         ensure_active(user)
         row.rotated_at = now
         row.last_used_at = now
-        pair = _issue_pair(session, user, row.family_id, client, now)
+        pair = _issue_pair(session, user, row.family_id, client, now, row.authenticated_at)
         uow.commit()
         return pair
 
@@ -561,7 +858,88 @@ def logout(uow: UnitOfWork, user_id: uuid.UUID, session_id: str | None) -> None:
     require_builtin()
     if not session_id:
         raise BadRequest("this credential has no session to end (API keys are revoked by DELETE /auth/api-keys)")
-    revoke_session(uow, user_id, _parse_uuid(session_id), reason="logout")
+    _revoke_one_session(uow, user_id, _parse_uuid(session_id), reason="logout")
+
+
+def reauthenticate(uow: UnitOfWork, caller: Caller, password: str, code: str | None, ip: str | None) -> AccessToken:
+    """Prove the password, and the second factor if the account has one (a TOTP or recovery code; with mailed
+    2FA a first call without `code` mails one), again: the session's step-up clock restarts and a new access
+    token carries it."""
+    require_builtin()
+    if caller.api_key_id or not caller.session_id:
+        raise ReauthenticationRequired("only a signed-in session can reauthenticate")
+    family_id = _parse_uuid(caller.session_id)
+    now = utcnow()
+    outgoing = None
+    with uow:
+        session = uow.session
+        user = _user(session, caller.user_id, lock=True)
+        ensure_active(user)
+        account_key = normalise_email(user.email)
+        throttle.check(session, [("account", account_key), ("ip", ip or "")], now)
+        if user.password_hash is None:
+            raise PasswordNotSet("this account has no password; set one with password reset first")
+        ok = passwords.verify_password(user.password_hash, password)
+        if ok and user.two_factor_enabled and user.two_factor_method == "email" and not code:
+            challenge, mailed = _open_challenge(session, user, ClientInfo(ip=ip), now)
+            outgoing = mails.two_factor_code(user.email, user.id, mailed, challenge.id) if mailed else None
+            uow.commit()
+            if outgoing is not None:
+                send_mail(uow, outgoing)
+            raise InvalidTwoFactorCode("a code was mailed to you; send it with the password", details={"sent": True})
+        second: str | None = "none"
+        if ok and user.two_factor_enabled:
+            second = _second_factor_for_step_up(session, user, (code or "").strip(), now)
+        if not ok or second is None:
+            throttle.record_failure(session, "account", account_key, now)
+            throttle.record_failure(session, "ip", ip, now)
+            uow.commit()
+            if not ok:
+                raise InvalidCredentials("the password is wrong")
+            raise InvalidTwoFactorCode("a valid two-factor code is needed as well")
+        updated = session.execute(
+            update(AuthSession)
+            .where(
+                AuthSession.family_id == family_id,
+                AuthSession.user_id == user.id,
+                AuthSession.revoked_at.is_(None),
+            )
+            .values(authenticated_at=now)
+        )
+        if not int(getattr(updated, "rowcount", 0) or 0):
+            raise NotFound("no such session")
+        user.password_login_at = now
+        if second == "recovery":
+            outgoing = _security_notice(session, user, "recovery_code_used", now)
+        access, ttl = issue_access_token(user.id, family_id, user.role, now, now)
+        uow.commit()
+    if outgoing is not None:
+        send_mail(uow, outgoing)
+    window = timedelta(seconds=get_settings().step_up_window_seconds)
+    return AccessToken(access_token=access, expires_in=ttl, auth_time=now, step_up_until=now + window)
+
+
+def _second_factor_for_step_up(session: Session, user: User, code: str, now: datetime) -> str | None:
+    """Whether `code` proves the account's second factor: "code", "recovery" (a TOTP user's recovery code) or
+    None. Mailed 2FA takes any unused, unexpired code mailed to this user."""
+    if not code:
+        return None
+    if user.two_factor_method == "totp":
+        if code.isdigit() and len(code) == 6:
+            return "code" if _accept_totp(user, user.totp_secret, code, now) else None
+        return "recovery" if _use_recovery_code(session, user, code, now) else None
+    if not (code.isdigit() and len(code) == 6):
+        return None
+    tokens = session.execute(
+        select(TwoFactorToken).where(
+            TwoFactorToken.user_id == user.id, TwoFactorToken.used_at.is_(None), TwoFactorToken.expires_at > now
+        )
+    ).scalars()
+    for token in tokens:
+        if same_hash(token.code_hash, hash_secret(code, context=str(token.challenge_id))):
+            token.used_at = now
+            return "code"
+    return None
 
 
 def _parse_uuid(value: str) -> uuid.UUID:
@@ -596,7 +974,9 @@ def _forgot_password(uow: UnitOfWork, email: str) -> None:
 
 
 def reset_password(uow: UnitOfWork, token: str, new_password: str) -> None:
-    """Set a new password from a mailed link; every session of the user is revoked; nobody is signed in."""
+    """Set a new password from a mailed link. Every session and every API key is revoked, nobody is signed in,
+    and a second factor enrolled after the last completed password sign-in (one its owner never used) is
+    removed: whoever held the account may have added it."""
     require_builtin()
     now = utcnow()
     with uow:
@@ -609,30 +989,42 @@ def reset_password(uow: UnitOfWork, token: str, new_password: str) -> None:
         user.password_changed_at = now
         if user.email_verified_at is None:
             user.email_verified_at = now  # the link proved the address
+            user.role = role_for_new_user(user.email) if user.role == UserRole.USER else user.role
+        enrolled = user.two_factor_enrolled_at
+        if user.two_factor_enabled and (
+            enrolled is None or user.password_login_at is None or enrolled > user.password_login_at
+        ):
+            _drop_second_factor(session, user)
+        user.totp_pending_secret = None
         session.execute(
             update(PasswordResetToken)
             .where(PasswordResetToken.user_id == user.id, PasswordResetToken.used_at.is_(None))
             .values(used_at=now)
         )
         _revoke_families(session, user.id, "password_reset")
+        _revoke_api_keys(session, user.id, now)
+        _end_sign_ins_in_progress(session, user.id, now)
         throttle.clear(session, "account", normalise_email(user.email))
+        outgoing = _security_notice(session, user, "password_reset", now)
         uow.commit()
+    send_mail(uow, outgoing)
 
 
 def change_password(
     uow: UnitOfWork,
-    user_id: uuid.UUID,
-    session_id: str | None,
+    caller: Caller,
     current_password: str,
     new_password: str,
     ip: str | None,
 ) -> None:
-    """Other sessions are revoked; the one making the change stays signed in."""
+    """Every other session and every API key is revoked; the session making the change (which has just proved
+    the password) stays signed in."""
     require_builtin()
     now = utcnow()
+    require_step_up(caller, now)
     with uow:
         session = uow.session
-        user = _user(session, user_id, lock=True)
+        user = _user(session, caller.user_id, lock=True)
         ensure_active(user)
         account_key = normalise_email(user.email)
         throttle.check(session, [("account", account_key), ("ip", ip or "")], now)
@@ -647,13 +1039,49 @@ def change_password(
         user.password_hash = passwords.hash_password(new_password)
         user.password_changed_at = now
         keep = None
-        if session_id:
+        if caller.session_id:
             try:
-                keep = uuid.UUID(session_id)
+                keep = uuid.UUID(caller.session_id)
             except ValueError:
                 keep = None
         _revoke_families(session, user.id, "password_changed", except_family=keep)
+        _revoke_api_keys(session, user.id, now)
+        _end_sign_ins_in_progress(session, user.id, now)
+        outgoing = _security_notice(session, user, "password_changed", now)
         uow.commit()
+    send_mail(uow, outgoing)
+
+
+def lock_account(uow: UnitOfWork, token: str) -> None:
+    """The link of a security notice: revoke every session and API key, drop a second factor enrolled since
+    the notice's change, and stop the password from working; a reset link is mailed to recover."""
+    require_builtin()
+    now = utcnow()
+    with uow:
+        session = uow.session
+        row = _live_link_token(session, SecurityLockToken, token, now)
+        user = _user(session, row.user_id, lock=True)
+        session.execute(
+            update(SecurityLockToken)
+            .where(SecurityLockToken.user_id == user.id, SecurityLockToken.used_at.is_(None))
+            .values(used_at=now)
+        )
+        enrolled = user.two_factor_enrolled_at
+        if user.two_factor_enabled and (enrolled is None or enrolled >= row.created_at):
+            _drop_second_factor(session, user)
+        user.totp_pending_secret = None
+        user.password_hash = None
+        _revoke_families(session, user.id, "account_locked")
+        _revoke_api_keys(session, user.id, now)
+        _end_sign_ins_in_progress(session, user.id, now)
+        outgoing = None
+        if not user.is_deleted and user.status in (UserStatus.ACTIVE, UserStatus.LOCKED):
+            reset = new_token(32)
+            session.add(PasswordResetToken(user_id=user.id, token_hash=hash_secret(reset), expires_at=now + RESET_TTL))
+            outgoing = mails.account_locked(user.email, user.id, reset)
+        uow.commit()
+    if outgoing is not None:
+        send_mail(uow, outgoing)
 
 
 # --- profile ----------------------------------------------------------------------------------------------------
@@ -692,53 +1120,88 @@ def update_profile(uow: UnitOfWork, user_id: uuid.UUID, changes: dict[str, objec
 
 
 # --- two-factor settings ----------------------------------------------------------------------------------------
-def enable_email_two_factor(uow: UnitOfWork, user_id: uuid.UUID) -> None:
+def enable_email_two_factor(uow: UnitOfWork, caller: Caller) -> None:
     require_builtin()
+    now = utcnow()
+    require_step_up(caller, now)
     with uow:
-        user = _user(uow.session, user_id, lock=True)
+        user = _user(uow.session, caller.user_id, lock=True)
         if user.two_factor_enabled:
             raise TwoFactorStateConflict("two-factor sign-in is already on; turn it off first to switch method")
         user.two_factor_enabled = True
         user.two_factor_method = "email"
+        user.two_factor_enrolled_at = now
+        outgoing = _security_notice(uow.session, user, "two_factor_enabled", now)
         uow.commit()
+    send_mail(uow, outgoing)
 
 
-def setup_totp(uow: UnitOfWork, user_id: uuid.UUID) -> TotpSetup:
+def setup_totp(uow: UnitOfWork, caller: Caller) -> TotpSetup:
     require_builtin()
+    require_step_up(caller, utcnow())
     with uow:
-        user = _user(uow.session, user_id, lock=True)
+        user = _user(uow.session, caller.user_id, lock=True)
         if user.two_factor_enabled:
             raise TwoFactorStateConflict("two-factor sign-in is already on; turn it off first to switch method")
         secret = pyotp.random_base32()
-        user.totp_pending_secret = secret
+        user.totp_pending_secret = sealing.seal(secret, _totp_context(user.id, "totp_pending_secret"))
         uow.commit()
         uri = pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=TOTP_ISSUER)
         return TotpSetup(secret=secret, otpauth_uri=uri)
 
 
-def enable_totp(uow: UnitOfWork, user_id: uuid.UUID, code: str) -> None:
+def enable_totp(uow: UnitOfWork, caller: Caller, code: str) -> list[str]:
+    """Turn TOTP on with a valid code; answers the ten recovery codes (shown this once)."""
     require_builtin()
     now = utcnow()
+    require_step_up(caller, now)
     with uow:
-        user = _user(uow.session, user_id, lock=True)
+        session = uow.session
+        user = _user(session, caller.user_id, lock=True)
         if user.two_factor_enabled:
             raise TwoFactorStateConflict("two-factor sign-in is already on")
         if not user.totp_pending_secret:
             raise TwoFactorStateConflict("call POST /auth/two-factor/totp/setup first")
-        if not _accept_totp(user, user.totp_pending_secret, code.strip(), now):
+        if not _accept_totp(user, user.totp_pending_secret, code.strip(), now, column="totp_pending_secret"):
             raise InvalidTwoFactorCode("the code is wrong")
-        user.totp_secret = user.totp_pending_secret
+        secret = _open_totp_secret(user, user.totp_pending_secret, "totp_pending_secret")
+        assert secret is not None  # accepted above
+        user.totp_secret = sealing.seal(secret, _totp_context(user.id, "totp_secret"))
         user.totp_pending_secret = None
         user.two_factor_enabled = True
         user.two_factor_method = "totp"
+        user.two_factor_enrolled_at = now
+        codes = _new_recovery_codes(session, user, now)
+        outgoing = _security_notice(session, user, "two_factor_enabled", now)
         uow.commit()
+    send_mail(uow, outgoing)
+    return codes
 
 
-def disable_two_factor(uow: UnitOfWork, user_id: uuid.UUID, password: str, ip: str | None) -> None:
+def regenerate_recovery_codes(uow: UnitOfWork, caller: Caller) -> list[str]:
+    """Ten new recovery codes for a TOTP user; the earlier ones stop working."""
+    require_builtin()
     now = utcnow()
+    require_step_up(caller, now)
     with uow:
         session = uow.session
-        user = _user(session, user_id, lock=True)
+        user = _user(session, caller.user_id, lock=True)
+        if not user.two_factor_enabled or user.two_factor_method != "totp":
+            raise TwoFactorStateConflict("recovery codes are for TOTP sign-in; turn it on first")
+        codes = _new_recovery_codes(session, user, now)
+        outgoing = _security_notice(session, user, "recovery_codes_created", now)
+        uow.commit()
+    send_mail(uow, outgoing)
+    return codes
+
+
+def disable_two_factor(uow: UnitOfWork, caller: Caller, password: str, ip: str | None) -> None:
+    require_builtin()
+    now = utcnow()
+    require_step_up(caller, now)
+    with uow:
+        session = uow.session
+        user = _user(session, caller.user_id, lock=True)
         account_key = normalise_email(user.email)
         throttle.check(session, [("account", account_key), ("ip", ip or "")], now)
         if user.password_hash is None:
@@ -748,12 +1211,12 @@ def disable_two_factor(uow: UnitOfWork, user_id: uuid.UUID, password: str, ip: s
             throttle.record_failure(session, "ip", ip, now)
             uow.commit()
             raise InvalidCredentials("the password is wrong")
-        user.two_factor_enabled = False
-        user.two_factor_method = None
-        user.totp_secret = None
-        user.totp_pending_secret = None
-        user.totp_last_step = None
+        was_on = user.two_factor_enabled
+        _drop_second_factor(session, user)
+        outgoing = _security_notice(session, user, "two_factor_disabled", now) if was_on else None
         uow.commit()
+    if outgoing is not None:
+        send_mail(uow, outgoing)
 
 
 # --- sessions ---------------------------------------------------------------------------------------------------
@@ -763,22 +1226,13 @@ def list_sessions(
     """The live sessions (one per family: its newest, unrotated token), newest first."""
     now = utcnow()
     with uow:
-        query = (
-            select(AuthSession)
-            .where(
-                AuthSession.user_id == user_id,
-                AuthSession.rotated_at.is_(None),
-                AuthSession.revoked_at.is_(None),
-                AuthSession.expires_at > now,
-            )
-            .order_by(AuthSession.id.desc())
-            .limit(limit + 1)
+        query = select(AuthSession).where(
+            AuthSession.user_id == user_id,
+            AuthSession.rotated_at.is_(None),
+            AuthSession.revoked_at.is_(None),
+            AuthSession.expires_at > now,
         )
-        if cursor:
-            query = query.where(AuthSession.id < _cursor(cursor))
-        rows = list(uow.session.execute(query).scalars())
-        more = len(rows) > limit
-        rows = rows[:limit]
+        page = keyset_page(uow.session, query, AuthSession.id, cursor=cursor, limit=limit, descending=True)
         items = [
             SessionView(
                 id=row.family_id,
@@ -789,19 +1243,19 @@ def list_sessions(
                 expires_at=row.expires_at,
                 current=str(row.family_id) == (current_session or ""),
             )
-            for row in rows
+            for row in page.items
         ]
-        return Page(items=items, next_cursor=str(rows[-1].id) if more and rows else None)
+        return Page(items=items, next_cursor=page.next_cursor)
 
 
-def _cursor(cursor: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(cursor)
-    except ValueError:
-        raise BadRequest("the cursor is not valid") from None
+def revoke_session(uow: UnitOfWork, caller: Caller, family_id: uuid.UUID) -> None:
+    """Ending the caller's own session is a logout; ending another one is a credential change (step-up)."""
+    if str(family_id) != (caller.session_id or ""):
+        require_step_up(caller, utcnow())
+    _revoke_one_session(uow, caller.user_id, family_id, reason="revoked")
 
 
-def revoke_session(uow: UnitOfWork, user_id: uuid.UUID, family_id: uuid.UUID, *, reason: str = "revoked") -> None:
+def _revoke_one_session(uow: UnitOfWork, user_id: uuid.UUID, family_id: uuid.UUID, *, reason: str) -> None:
     with uow:
         session = uow.session
         exists = session.execute(
@@ -827,45 +1281,63 @@ def _key_view(key: ApiKey) -> ApiKeyView:
         last_used_at=key.last_used_at,
         expires_at=key.expires_at,
         revoked_at=key.revoked_at,
+        scopes=tuple(sorted(key.scopes or ())),
     )
 
 
-def create_api_key(uow: UnitOfWork, user_id: uuid.UUID, name: str, expires_in_days: int | None) -> NewApiKey:
-    """`tg_<prefix>_<secret>`: the prefix identifies the key in lists, the whole key is hashed for lookup."""
+def create_api_key(
+    uow: UnitOfWork,
+    caller: Caller,
+    name: str,
+    *,
+    scopes: list[str] | None = None,
+    expires_at: datetime | None = None,
+) -> NewApiKey:
+    """`tg_<prefix>_<secret>`: the prefix identifies the key in lists, the whole key is hashed for lookup. The
+    key holds `scopes` (default: the narrowest useful set) until `expires_at` (optional)."""
     now = utcnow()
+    require_step_up(caller, now)
+    wanted = sorted(set(scopes if scopes is not None else key_scopes.DEFAULT_SCOPES))
+    unknown = set(wanted) - set(key_scopes.SCOPES)
+    if unknown or not wanted:
+        raise ValidationFailed("unknown or no scopes", details={"unknown": sorted(unknown), "known": key_scopes.SCOPES})
+    if expires_at is not None and expires_at <= now:
+        raise ValidationFailed("expires_at must be in the future")
     with uow:
         session = uow.session
-        user = _user(session, user_id, lock=True)
+        user = _user(session, caller.user_id, lock=True)
         ensure_active(user)
+        if key_scopes.STAFF_SCOPES & set(wanted) and user.role not in (UserRole.ADMIN, UserRole.SUPPORT):
+            raise ScopeNotAllowed("only staff can create keys with these scopes", details={"scopes": wanted})
         live = session.execute(
-            select(func.count()).select_from(ApiKey).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+            select(func.count()).select_from(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
         ).scalar_one()
         if live >= MAX_API_KEYS:
             raise Conflict(f"at most {MAX_API_KEYS} active API keys; revoke one first")
         prefix = secrets.token_hex(6)
         key = f"{API_KEY_PREFIX}_{prefix}_{new_token(32)}"
         row = ApiKey(
-            user_id=user_id,
+            user_id=user.id,
             name=name,
             prefix=f"{API_KEY_PREFIX}_{prefix}",
             key_hash=hash_secret(key),
-            expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
+            scopes=wanted,
+            expires_at=expires_at,
             created_at=now,
         )
         session.add(row)
+        outgoing = _security_notice(session, user, "api_key_created", now)
         uow.commit()
-        return NewApiKey(key=key, view=_key_view(row))
+        created = NewApiKey(key=key, view=_key_view(row))
+    send_mail(uow, outgoing)
+    return created
 
 
 def list_api_keys(uow: UnitOfWork, user_id: uuid.UUID, cursor: str | None, limit: int) -> Page[ApiKeyView]:
     with uow:
-        query = select(ApiKey).where(ApiKey.user_id == user_id).order_by(ApiKey.id.desc()).limit(limit + 1)
-        if cursor:
-            query = query.where(ApiKey.id < _cursor(cursor))
-        rows = list(uow.session.execute(query).scalars())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(items=[_key_view(r) for r in rows], next_cursor=str(rows[-1].id) if more and rows else None)
+        query = select(ApiKey).where(ApiKey.user_id == user_id)
+        page = keyset_page(uow.session, query, ApiKey.id, cursor=cursor, limit=limit, descending=True)
+        return Page(items=[_key_view(r) for r in page.items], next_cursor=page.next_cursor)
 
 
 def revoke_api_key(uow: UnitOfWork, user_id: uuid.UUID, key_id: uuid.UUID) -> None:

@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from tollgate.auth import oauth
+from tollgate.auth import oauth, sealing
 from tollgate.auth.secrets import hash_secret, new_token
 from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
@@ -53,7 +53,8 @@ def start_authorization(uow: UnitOfWork, provider: str) -> AuthorizationStart:
             OAuthState(
                 provider=provider,
                 state_hash=hash_secret(state),
-                code_verifier=verifier,
+                # Sealed: it must be read back at the callback (the state itself is only a hash).
+                code_verifier=sealing.seal(verifier, f"oauth_states.code_verifier:{provider}"),
                 redirect_uri=redirect,
                 expires_at=now + STATE_TTL,
             )
@@ -78,7 +79,8 @@ def complete_authorization(uow: UnitOfWork, provider: str, code: str, state: str
         uow.commit()
     if pending is None or pending.expires_at <= now:
         raise OAuthFailed("the sign-in request is unknown or expired; start again")
-    tokens = oauth.exchange_code(config, code, pending.code_verifier, pending.redirect_uri)
+    verifier = sealing.unseal(pending.code_verifier, f"oauth_states.code_verifier:{provider}")
+    tokens = oauth.exchange_code(config, code, verifier, pending.redirect_uri)
     profile = oauth.fetch_profile(settings, provider, tokens.access_token)
     expires_at = now + timedelta(seconds=tokens.expires_in) if tokens.expires_in else None
 
@@ -134,6 +136,7 @@ def complete_authorization(uow: UnitOfWork, provider: str, code: str, state: str
             session.flush()
         except IntegrityError:
             raise Conflict("this account was linked by another request at the same moment; try again") from None
-        pair = start_session(session, user, client, now)
+        # No password was proven: credential changes from this session need POST /auth/reauthenticate first.
+        pair = start_session(session, user, client, now, authenticated_at=None)
         uow.commit()
         return pair

@@ -27,9 +27,9 @@ from tollgate.db.base import utcnow
 from tollgate.errors import AskRateLimited, ConversationNotFound, NotFound
 from tollgate.models import User
 from tollgate.models.rag import AiConversation, AiMessage, AiUsage
+from tollgate.pagination import Page, keyset_page
 from tollgate.rag.embeddings import get_embedding_provider
 from tollgate.rag.llm import Completion, Passage, Turn, estimate_prompt_tokens, get_answer_model
-from tollgate.services.rag_ingest import decode_cursor, encode_cursor
 from tollgate.services.rag_search import replay, request_fingerprint, retrieve
 
 ASK_OPERATION = "rag_ask"  # priced per 1,000 tokens: quantity = tokens / 1000
@@ -274,27 +274,12 @@ def ask(
 
 
 # --- conversations ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ConversationPage:
-    items: list[AiConversation]
-    next_cursor: str | None
-
-
-def list_conversations(uow: UnitOfWork, user_id: uuid.UUID, *, limit: int, cursor: str | None) -> ConversationPage:
-    query = (
-        select(AiConversation)
-        .where(AiConversation.user_id == user_id)
-        .order_by(AiConversation.id.desc())
-        .limit(limit + 1)
-    )
-    if cursor:
-        query = query.where(AiConversation.id < decode_cursor(cursor))
+def list_conversations(uow: UnitOfWork, user_id: uuid.UUID, *, limit: int, cursor: str | None) -> Page[AiConversation]:
+    query = select(AiConversation).where(AiConversation.user_id == user_id)
     with uow:
-        rows = list(uow.session.scalars(query))
+        page = keyset_page(uow.session, query, AiConversation.id, cursor=cursor, limit=limit, descending=True)
         uow.session.expunge_all()  # handed out loaded: the unit of work's closing rollback would expire them
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return ConversationPage(rows, encode_cursor(rows[-1].id) if more and rows else None)
+    return page
 
 
 def get_conversation(

@@ -7,8 +7,6 @@ transaction stays open while a remote provider is called.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,8 +15,9 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from tollgate.db import UnitOfWork
-from tollgate.errors import ChunkNotFound, EmptyDocument, ValidationFailed
+from tollgate.errors import ChunkNotFound, EmptyDocument
 from tollgate.models.rag import FaqChunk
+from tollgate.pagination import Page, keyset_page
 from tollgate.rag.embeddings import EmbeddingProvider
 from tollgate.rag.text import ChunkDraft, estimate_tokens, markdown_chunks, preview, qa_chunk, slug
 
@@ -240,40 +239,18 @@ def reembed(
 
 
 # --- admin listing and removal -----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ChunkPage:
-    items: list[FaqChunk]
-    next_cursor: str | None
-
-
-def encode_cursor(value: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(value.bytes).decode("ascii").rstrip("=")
-
-
-def decode_cursor(cursor: str) -> uuid.UUID:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return uuid.UUID(bytes=raw)
-    except (binascii.Error, ValueError):
-        raise ValidationFailed("the cursor is not valid", details={"cursor": "malformed"}) from None
-
-
 def list_chunks(
     uow: UnitOfWork, *, limit: int, cursor: str | None = None, category: str | None = None, source: str | None = None
-) -> ChunkPage:
-    query = select(FaqChunk).order_by(FaqChunk.id).limit(limit + 1)
-    if cursor:
-        query = query.where(FaqChunk.id > decode_cursor(cursor))
+) -> Page[FaqChunk]:
+    query = select(FaqChunk)
     if category:
         query = query.where(FaqChunk.category == category)
     if source:
         query = query.where(FaqChunk.source == source)
     with uow:
-        rows = list(uow.session.scalars(query))
+        page = keyset_page(uow.session, query, FaqChunk.id, cursor=cursor, limit=limit)
         uow.session.expunge_all()  # handed out loaded: the unit of work's closing rollback would expire them
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return ChunkPage(rows, encode_cursor(rows[-1].id) if more and rows else None)
+    return page
 
 
 def delete_chunk(uow: UnitOfWork, chunk_id: uuid.UUID) -> None:

@@ -9,7 +9,9 @@
    PAYMENTS_LIVE_MODE) are stored as `ignored` and answer 2xx.
 4. Any failure rolls the whole event back; a second transaction records the attempt (`failed`, attempts, error,
    the payload for replay) and `WebhookProcessingFailed` answers 5xx so the provider retries. The next delivery
-   (or `tollgate webhooks replay`, POST /admin/webhooks/{event_id}/replay) applies it from scratch.
+   (or `tollgate webhooks replay`, POST /admin/webhooks/{event_id}/replay) applies it from scratch. A database
+   that cannot serve (`tollgate.db.engine.is_unavailable`) is `WebhookDatabaseUnavailable` instead: 503
+   with Retry-After (recording the attempt is tried; it fails too when the database is down).
 Events no retry can fix (a checkout for an unknown pack, an amount that does not match) are stored as
 `rejected` with the reason, and answer 2xx.
 """
@@ -29,10 +31,12 @@ from sqlalchemy.orm import Session
 from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
 from tollgate.db.base import new_id, utcnow
+from tollgate.db.engine import is_unavailable
 from tollgate.errors import (
     Conflict,
     TollgateError,
     ValidationFailed,
+    WebhookDatabaseUnavailable,
     WebhookEventNotFound,
     WebhookProcessingFailed,
 )
@@ -215,6 +219,13 @@ def process_event(
         ) from exc
     except Exception as exc:
         _record_failure(uow_factory, event, exc)
+        if is_unavailable(exc):
+            # Not the event's fault: 503 (still a 5xx, so the provider retries) rather than a 500 to investigate.
+            logger.warning("webhook deferred: database unavailable", extra={"event_id": event.event_id})
+            raise WebhookDatabaseUnavailable(
+                "the database is unavailable; the event was rolled back and will be retried",
+                details={"event_id": event.event_id, "reason": type(exc).__name__},
+            ) from exc
         logger.exception("webhook failed", extra={"provider": event.provider, "event_id": event.event_id})
         raise WebhookProcessingFailed(
             "the event could not be applied; it was rolled back and will be retried",

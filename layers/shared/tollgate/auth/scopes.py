@@ -1,0 +1,111 @@
+"""API-key scopes, and the scope every authorized route needs (the one declaration per route).
+
+A session (a Tollgate access token or a Clerk session token) holds every right of its user; an API key holds
+only the scopes it was created with. The authorizer looks the request's route up here: a route declared
+`SESSION_ONLY` (every credential route under /auth/, and anything not declared at all) never admits a key.
+Roles still apply on top: a key with `admin` reaches /admin/* only while its user is an ADMIN (or SUPPORT
+where a route admits support).
+
+tests/integration/test_auth_security_scopes.py checks that every authorized route of template.yaml is declared
+here and that nothing declared here is missing from the template.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+Scope = Literal["profile:read", "credits:read", "credits:write", "rag", "billing:read", "admin"]
+SCOPES: Final[tuple[Scope, ...]] = ("profile:read", "credits:read", "credits:write", "rag", "billing:read", "admin")
+# The narrowest useful key: it can read the balance and say whose key it is, and spend nothing.
+DEFAULT_SCOPES: Final[tuple[Scope, ...]] = ("profile:read", "credits:read")
+# Scopes only a staff member may put on a key.
+STAFF_SCOPES: Final[frozenset[str]] = frozenset({"admin"})
+SESSION_ONLY: Final = "session"
+ALL = "*"  # what a session holds
+
+# "METHOD /path" (as API Gateway's routeKey) -> the scope a key needs, or SESSION_ONLY.
+ROUTE_SCOPES: Final[dict[str, str]] = {
+    # account and credentials: sessions only (keys never reach credential routes)
+    "POST /auth/logout": SESSION_ONLY,
+    "POST /auth/password/change": SESSION_ONLY,
+    "GET /auth/me": "profile:read",
+    "PATCH /auth/me": SESSION_ONLY,
+    "POST /auth/reauthenticate": SESSION_ONLY,
+    "POST /auth/two-factor/email/enable": SESSION_ONLY,
+    "POST /auth/two-factor/totp/setup": SESSION_ONLY,
+    "POST /auth/two-factor/totp/enable": SESSION_ONLY,
+    "POST /auth/two-factor/disable": SESSION_ONLY,
+    "POST /auth/two-factor/recovery-codes": SESSION_ONLY,
+    "GET /auth/sessions": SESSION_ONLY,
+    "DELETE /auth/sessions/{session_id}": SESSION_ONLY,
+    "POST /auth/api-keys": SESSION_ONLY,
+    "GET /auth/api-keys": SESSION_ONLY,
+    "DELETE /auth/api-keys/{key_id}": SESSION_ONLY,
+    # credits
+    "GET /credits/balance": "credits:read",
+    "GET /credits/transactions": "credits:read",
+    "GET /credits/usage/summary": "credits:read",
+    "GET /credits/costs": "credits:read",
+    "POST /credits/usage": "credits:write",
+    "POST /credits/holds": "credits:write",
+    "POST /credits/holds/{hold_id}/capture": "credits:write",
+    "POST /credits/holds/{hold_id}/release": "credits:write",
+    "PATCH /credits/settings": SESSION_ONLY,
+    # knowledge base
+    "POST /rag/search": "rag",
+    "POST /rag/ask": "rag",
+    "GET /rag/conversations": "rag",
+    "GET /rag/conversations/{conversation_id}": "rag",
+    "DELETE /rag/conversations/{conversation_id}": "rag",
+    # billing: reading history; paying and the customer portal need the person
+    "GET /billing/subscription": "billing:read",
+    "GET /billing/purchases": "billing:read",
+    "GET /billing/invoices": "billing:read",
+    "POST /billing/checkout": SESSION_ONLY,
+    "POST /billing/portal": SESSION_ONLY,
+    # back office (roles are checked by the services as well)
+    "POST /admin/users/{user_id}/credits/usage": "admin",
+    "POST /admin/users/{user_id}/credits/adjustments": "admin",
+    "POST /admin/credits/refunds": "admin",
+    "GET /admin/users/{user_id}/credits": "admin",
+    "PUT /admin/users/{user_id}/credits/floor": "admin",
+    "GET /admin/feature-costs": "admin",
+    "PUT /admin/feature-costs": "admin",
+    "GET /admin/credits/settings": "admin",
+    "PUT /admin/credits/settings": "admin",
+    "GET /admin/plans": "admin",
+    "POST /admin/plans": "admin",
+    "PATCH /admin/plans/{plan_id}": "admin",
+    "GET /admin/credit-packs": "admin",
+    "POST /admin/credit-packs": "admin",
+    "PATCH /admin/credit-packs/{pack_id}": "admin",
+    "POST /admin/credits/reconcile": "admin",
+    "POST /admin/rag/documents": "admin",
+    "GET /admin/rag/chunks": "admin",
+    "DELETE /admin/rag/chunks/{chunk_id}": "admin",
+    "POST /admin/webhooks/{event_id}/replay": "admin",
+}
+
+CredentialKind = Literal["session", "api_key"]
+
+
+def required_scope(route_key: str) -> str:
+    """The scope `route_key` needs from an API key (SESSION_ONLY when the route is not declared)."""
+    return ROUTE_SCOPES.get(route_key, SESSION_ONLY)
+
+
+def permits(credential: str, scopes: frozenset[str] | set[str], route_key: str) -> bool:
+    """Whether a credential of this kind holding `scopes` may call `route_key`."""
+    if credential != "api_key":
+        return True
+    needed = required_scope(route_key)
+    return needed != SESSION_ONLY and needed in scopes
+
+
+def encode(scopes: frozenset[str] | tuple[str, ...] | list[str]) -> str:
+    """The authorizer context form (simple-response context values are strings)."""
+    return " ".join(sorted(scopes))
+
+
+def decode(value: str | None) -> frozenset[str]:
+    return frozenset((value or "").split())
