@@ -189,10 +189,16 @@ const token = new URLSearchParams(location.search).get("token") || "";
 
 
 def verify_email_page() -> HttpResponse:
+    # The link alone confirms nothing: POST /auth/verify-email also wants the password the registration was made
+    # with, so a link mailed for someone else's registration of this address cannot verify it.
     body = (
-        "<p>Confirming your address with <code>POST /auth/verify-email</code>…</p>"
+        "<p>Confirm your address with the password you registered with.</p>"
+        '<form id="verify"><label>Password <input id="password" type="password" maxlength="1024" required'
+        ' autocomplete="current-password"></label> <button>Confirm</button></form>'
         f'<p id="result" data-status=""></p>{_CALL_SCRIPT}'
-        '<script>call("/auth/verify-email", {token});</script>'
+        '<script>document.getElementById("verify").addEventListener("submit", (event) => {'
+        'event.preventDefault(); call("/auth/verify-email", '
+        '{token, password: document.getElementById("password").value});});</script>'
     )
     return _page("Verify your email", body)
 

@@ -82,7 +82,8 @@ class AuthEnv:
         response = api_call("POST", "/auth/register", body={"email": email, "password": password, **extra})
         assert response.status == 202, response.json
         token = self.token_from(email, "verify_email")
-        assert api_call("POST", "/auth/verify-email", body={"token": token}).status == 200
+        verified = api_call("POST", "/auth/verify-email", body={"token": token, "password": password})
+        assert verified.status == 200, verified.json
         return email
 
     def login(self, email: str, password: str = PASSWORD) -> dict[str, Any]:

@@ -52,13 +52,13 @@ def test_register_verify_login_me(auth_env: AuthEnv) -> None:
     assert response.status == 202
     assert response.json == {"status": "verification_sent"}
     early = api_call("POST", "/auth/login", body={"email": email, "password": PASSWORD})
-    assert early.status == 403 and early.error_code == "email_not_verified"
+    assert early.status == 401 and early.error_code == "invalid_credentials"
     token = auth_env.token_from(email, "verify_email")
-    # When the link's token is posted
-    verified = api_call("POST", "/auth/verify-email", body={"token": token})
+    # When the link's token is posted with the registration's password
+    verified = api_call("POST", "/auth/verify-email", body={"token": token, "password": PASSWORD})
     # Then the account is verified, the token is spent, and sign-in works (any case of the email)
     assert verified.status == 200
-    again = api_call("POST", "/auth/verify-email", body={"token": token})
+    again = api_call("POST", "/auth/verify-email", body={"token": token, "password": PASSWORD})
     assert again.status == 400 and again.error_code == "invalid_token"
     tokens = auth_env.login(email.lower())
     assert tokens["token_type"] == "Bearer" and tokens["expires_in"] == 900
@@ -136,10 +136,13 @@ def test_verification_token_expires(auth_env: AuthEnv) -> None:
         uow.session.execute(update(VerificationToken).values(expires_at=func.now() - timedelta(seconds=1)))
         uow.commit()
     # When it is used
-    response = api_call("POST", "/auth/verify-email", body={"token": token})
+    response = api_call("POST", "/auth/verify-email", body={"token": token, "password": PASSWORD})
     # Then it is refused
     assert response.status == 400 and response.error_code == "invalid_token"
-    assert api_call("POST", "/auth/verify-email", body={"token": "made-up"}).error_code == "invalid_token"
+    made_up = api_call("POST", "/auth/verify-email", body={"token": "made-up", "password": PASSWORD})
+    assert made_up.error_code == "invalid_token"
+    # And the password is part of the body
+    assert api_call("POST", "/auth/verify-email", body={"token": token}).status == 422
 
 
 # --- login ------------------------------------------------------------------------------------------------------

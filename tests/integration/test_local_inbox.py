@@ -6,13 +6,19 @@ skip and say why.
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import re
+import select as io_select
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from email import message_from_bytes
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -49,6 +55,94 @@ def dump_dom(url: str, wait_ms: int = 5000) -> str:
     return completed.stdout
 
 
+def submit_form(url: str, password: str, timeout: float = 60.0) -> str:
+    """Open `url` in the browser, type `password` into the page's password field, submit its form, and answer the
+    page once the API's answer shows. Driven over the DevTools protocol on a pipe (fds 3 and 4 of the browser),
+    so it needs nothing beyond the browser itself."""
+    binary = browser()
+    if binary is None:
+        pytest.skip("no chromium on this machine (`make browser` installs Debian's chromium)")
+    to_browser_r, to_browser_w = os.pipe()
+    from_browser_r, from_browser_w = os.pipe()
+
+    def wire_pipes() -> None:  # in the child: the protocol's fds are 3 (commands) and 4 (answers)
+        # Lifted out of the way first: either pipe end may itself be fd 3 or 4.
+        commands = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD, 100)
+        answers = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD, 100)
+        os.dup2(commands, 3)
+        os.dup2(answers, 4)
+
+    process = subprocess.Popen(
+        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+         "--remote-debugging-pipe", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(3, 4),
+        preexec_fn=wire_pipes,
+    )  # fmt: skip
+    os.close(to_browser_r)
+    os.close(from_browser_w)
+    buffered = b""
+    deadline = time.monotonic() + timeout
+    counter = iter(range(1, 1_000_000))
+
+    def command(method: str, session: str | None = None, **params: object) -> dict[str, Any]:
+        nonlocal buffered
+        ident = next(counter)
+        message: dict[str, object] = {"id": ident, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(to_browser_w, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in buffered:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the browser did not answer {method}")
+                ready, _, _ = io_select.select([from_browser_r], [], [], 1.0)
+                if ready:
+                    chunk = os.read(from_browser_r, 65536)
+                    if not chunk:
+                        raise RuntimeError("the browser closed its pipe")
+                    buffered += chunk
+            raw, buffered = buffered.split(b"\0", 1)
+            answer: dict[str, Any] = json.loads(raw)
+            if answer.get("id") == ident:
+                if "error" in answer:
+                    raise RuntimeError(f"{method}: {answer['error']}")
+                result: dict[str, Any] = answer["result"]
+                return result
+
+    script = (
+        "(async () => {"
+        " const until = async (check) => { for (let i = 0; i < 400 && !check(); i++)"
+        "   await new Promise((done) => setTimeout(done, 50)); };"
+        ' await until(() => document.readyState === "complete" && document.getElementById("password"));'
+        f' document.getElementById("password").value = {json.dumps(password)};'
+        ' document.querySelector("form").requestSubmit();'
+        ' await until(() => document.getElementById("result").dataset.status);'
+        " return document.documentElement.outerHTML; })()"
+    )
+    try:
+        target = next(t for t in command("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        session = command("Target.attachToTarget", targetId=target["targetId"], flatten=True)["sessionId"]
+        command("Page.enable", session)
+        command("Page.navigate", session, url=url)
+        for _ in range(20):  # the first tries may still meet about:blank, or a document being replaced
+            try:
+                evaluated = command("Runtime.evaluate", session, expression=script, awaitPromise=True,
+                                    returnByValue=True)  # fmt: skip
+            except RuntimeError:
+                time.sleep(0.25)
+                continue
+            value = evaluated.get("result", {}).get("value")
+            if isinstance(value, str) and 'id="password"' in value:
+                return value
+            time.sleep(0.25)
+        raise AssertionError("the page never showed its password form")
+    finally:
+        os.close(to_browser_w)
+        os.close(from_browser_r)
+        process.kill()
+        process.wait(timeout=30)
+
+
 @pytest.fixture
 def local_server(auth_env: AuthEnv) -> Iterator[tuple[GatewayServer, str]]:  # noqa: F811
     """The local gateway on a free port, with APP_URL left to its local default (the /_local pages)."""
@@ -72,7 +166,8 @@ def test_a_verification_link_from_the_inbox_verifies_the_account_in_a_browser(
     auth_env: AuthEnv,  # noqa: F811
 ) -> None:
     """Given a new account (its mail in the local inbox), when the browser opens the inbox, then the message,
-    then the link in it, the account is verified, and the page says so."""
+    then the link in it, the page asks for the registration's password; given it, the account is verified, and
+    the page says so."""
     _, base = local_server
     email = f"new-{uuid.uuid4().hex[:8]}@example.com"
     assert api_call("POST", "/auth/register", body={"email": email, "password": PASSWORD}).status == 202
@@ -89,8 +184,14 @@ def test_a_verification_link_from_the_inbox_verifies_the_account_in_a_browser(
     assert link, message
     assert link.group(1).startswith(f"{base}/_local/verify-email?token=")
 
-    # Then opening the link calls the API, which verifies the address, and the page shows the answer
-    result = dump_dom(link.group(1).replace("&amp;", "&"))
+    # Then opening the link alone confirms nothing: the page asks for the password first
+    url = link.group(1).replace("&amp;", "&")
+    opened = dump_dom(url)
+    assert 'type="password"' in opened and 'data-status=""' in opened
+    with UnitOfWork() as uow:
+        assert uow.session.execute(select(User.email_verified_at).where(User.email == email)).scalar_one() is None
+    # And submitting it with the registration's password calls the API, which verifies the address
+    result = submit_form(url, PASSWORD)
     assert 'data-status="200"' in result and "verified" in result
     with UnitOfWork() as uow:
         user = uow.session.execute(select(User).where(User.email == email)).scalar_one()
@@ -111,7 +212,7 @@ def test_the_eml_file_carries_the_token_as_written(
     found = re.search(rb"token=([A-Za-z0-9_\-%]+)", raw)
     assert found
     token = unquote(found.group(1).decode())
-    assert api_call("POST", "/auth/verify-email", body={"token": token}).status == 200
+    assert api_call("POST", "/auth/verify-email", body={"token": token, "password": PASSWORD}).status == 200
 
 
 def test_long_lines_keep_a_transfer_encoding(tmp_path: Path) -> None:

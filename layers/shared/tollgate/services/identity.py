@@ -13,7 +13,10 @@ Rules added by issue 11 (accounts an attacker cannot take over):
 - a registration proves nothing until its link is clicked: its password hash, name and username wait on the
   verification token, and the link that is used writes them (and any ADMIN_EMAILS role) to the account; an
   unconfirmed registration leaves nothing a later one inherits, and a verified account cannot be registered
-  over;
+  over; the link works only with that registration's password (inside the mail anti-spam window the owner's
+  mailbox may hold only an attacker's link);
+- an unverified account signs in like a wrong password (401, same floor), so register-then-login cannot tell
+  a known email from a new one; its pending registration's password mails the link again;
 - credential changes (API keys, 2FA on/off, recovery codes, password change, revoking other sessions) need a
   session that proved the password (and second factor) within STEP_UP_WINDOW_SECONDS (`Caller.auth_time`),
   never an API key: otherwise `ReauthenticationRequired`;
@@ -590,9 +593,7 @@ def _may_be_mailed(user: User) -> bool:
     return not user.is_deleted and user.status in (UserStatus.ACTIVE, UserStatus.LOCKED)
 
 
-def _resend_registration_mail(
-    session: Session, user: User, pending: VerificationToken, now: datetime
-) -> OutgoingMail:
+def _resend_registration_mail(session: Session, user: User, pending: VerificationToken, now: datetime) -> OutgoingMail:
     """A fresh link for the same registration (tokens are stored hashed, so the old one cannot be mailed again);
     the earlier link keeps working, which matters when the anti-spam window holds this mail back."""
     token = new_token(32)
