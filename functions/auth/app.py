@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Query
-from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
@@ -20,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 from tollgate.auth.scopes import DEFAULT_SCOPES, Scope
 from tollgate.db import UnitOfWork
 from tollgate.http.api import JSON, create_app, current_principal
-from tollgate.http.edge import Cursor, Limit, StrictBody, Timestamp
+from tollgate.http.edge import Cursor, Limit, StrictBody, Timestamp, documented_errors
 from tollgate.models import User
 from tollgate.observability import logger, metrics, tracer
 from tollgate.services import identity, oauth
@@ -296,9 +295,7 @@ STEP_UP = (
     " password (and second factor) within STEP_UP_WINDOW_SECONDS (5 minutes): a sign-in or"
     " POST /auth/reauthenticate. Mails a security notice with a one-time lock link."
 )
-STEP_UP_RESPONSES: dict[int, OpenAPIResponse] = {
-    403: {"description": "`reauthentication_required`: reauthenticate first (or an API key was used)"}
-}
+STEP_UP_ERRORS = {403: "`reauthentication_required`: reauthenticate first (or an API key was used)"}
 
 
 def _no_content() -> Response[str]:
@@ -321,10 +318,6 @@ def register(body: RegisterIn) -> tuple[StatusOut, int]:
         " account). A wrong password answers exactly like a bad link (400 `invalid_token`) and leaves the link"
         " usable; it counts as a failed sign-in (429 `too_many_attempts` past the limit)."
     ),
-    responses={
-        400: {"description": "`invalid_token`: the link is unknown, used or expired, or the password is not its"},
-        429: {"description": "`too_many_attempts`: too many failures for this account or from this IP"},
-    },
 )
 def verify_email(body: VerifyEmailIn) -> StatusOut:
     identity.verify_email(UnitOfWork(), body.token, body.password, _client().ip)
@@ -429,7 +422,7 @@ def logout() -> Response[str]:
         "Credential changes (API keys, 2FA, password, revoking other sessions) need it when the sign-in is older"
         " than STEP_UP_WINDOW_SECONDS. Answers a new access token of the same session; use it for the change."
     ),
-    responses={401: {"description": "`invalid_credentials` or `invalid_code` (with mailed 2FA: a code was sent)"}},
+    responses=documented_errors({401: "`invalid_credentials` or `invalid_code` (with mailed 2FA: a code was sent)"}),
 )
 def reauthenticate(body: ReauthenticateIn) -> ReauthenticatedOut:
     fresh = identity.reauthenticate(UnitOfWork(), _caller(), body.password, body.code, _client().ip)
@@ -445,7 +438,7 @@ def reauthenticate(body: ReauthenticateIn) -> ReauthenticatedOut:
     "/auth/password/change",
     summary="Change the password (other sessions and every API key are revoked)",
     description="This session stays signed in." + STEP_UP,
-    responses=STEP_UP_RESPONSES,
+    responses=documented_errors(STEP_UP_ERRORS),
 )
 def change_password(body: ChangePasswordIn) -> StatusOut:
     identity.change_password(UnitOfWork(), _caller(), body.current_password, body.new_password, _client().ip)
@@ -470,7 +463,7 @@ def update_me(body: ProfilePatch) -> ProfileOut:
     "/auth/two-factor/email/enable",
     summary="Turn on 2FA by mailed code",
     description=STEP_UP.strip(),
-    responses=STEP_UP_RESPONSES,
+    responses=documented_errors(STEP_UP_ERRORS),
 )
 def enable_email_two_factor() -> TwoFactorStateOut:
     identity.enable_email_two_factor(UnitOfWork(), _caller())
@@ -481,7 +474,7 @@ def enable_email_two_factor() -> TwoFactorStateOut:
     "/auth/two-factor/totp/setup",
     summary="Start TOTP enrolment: a secret and its otpauth URI",
     description="The pending secret is stored sealed (AES-GCM)." + STEP_UP.split(" Mails")[0],
-    responses=STEP_UP_RESPONSES,
+    responses=documented_errors(STEP_UP_ERRORS),
 )
 def setup_totp() -> TotpSetupOut:
     setup = identity.setup_totp(UnitOfWork(), _caller())
@@ -492,7 +485,7 @@ def setup_totp() -> TotpSetupOut:
     "/auth/two-factor/totp/enable",
     summary="Finish TOTP enrolment with a valid code; answers ten recovery codes",
     description="Each recovery code works once in place of a TOTP code at sign-in." + STEP_UP,
-    responses=STEP_UP_RESPONSES,
+    responses=documented_errors(STEP_UP_ERRORS),
 )
 def enable_totp(body: CodeIn) -> TotpEnabledOut:
     codes = identity.enable_totp(UnitOfWork(), _caller(), body.code)
@@ -503,7 +496,7 @@ def enable_totp(body: CodeIn) -> TotpEnabledOut:
     "/auth/two-factor/recovery-codes",
     summary="Ten new one-time recovery codes for TOTP sign-in (the earlier ones stop working)",
     description=STEP_UP.strip(),
-    responses=STEP_UP_RESPONSES,
+    responses=documented_errors(STEP_UP_ERRORS),
 )
 def regenerate_recovery_codes() -> RecoveryCodesOut:
     return RecoveryCodesOut(recovery_codes=identity.regenerate_recovery_codes(UnitOfWork(), _caller()))
@@ -513,7 +506,7 @@ def regenerate_recovery_codes() -> RecoveryCodesOut:
     "/auth/two-factor/disable",
     summary="Turn 2FA off (needs the password)",
     description=STEP_UP.strip(),
-    responses=STEP_UP_RESPONSES,
+    responses=documented_errors(STEP_UP_ERRORS),
 )
 def disable_two_factor(body: PasswordIn) -> TwoFactorStateOut:
     identity.disable_two_factor(UnitOfWork(), _caller(), body.password, _client().ip)
@@ -532,7 +525,7 @@ def list_sessions(cursor: Cursor = None, limit: Limit = 20) -> SessionsOut:
     summary="Revoke one of the caller's sessions",
     description="Revoking the current session is a logout; revoking another one is a credential change."
     + STEP_UP.split(" Mails")[0],
-    responses=STEP_UP_RESPONSES,
+    responses=documented_errors(STEP_UP_ERRORS, success=204),
 )
 def revoke_session(session_id: uuid.UUID) -> Response[str]:
     identity.revoke_session(UnitOfWork(), _caller(), session_id)
@@ -547,7 +540,7 @@ def revoke_session(session_id: uuid.UUID) -> Response[str]:
         " profile:read + credits:read) and never reaches /auth/* credential routes; every route declares the"
         " scope it needs (tollgate/auth/scopes.py)." + STEP_UP
     ),
-    responses=STEP_UP_RESPONSES,
+    responses=documented_errors(STEP_UP_ERRORS, success=201),
 )
 def create_api_key(body: ApiKeyIn) -> tuple[NewApiKeyOut, int]:
     expires_at = body.expires_at

@@ -41,6 +41,20 @@ def test_exactly_the_authorized_routes_require_a_credential() -> None:
             assert operation["security"] == [{"bearerAuth": []}, {"apiKeyAuth": []}], route.route_key
 
 
+def test_every_operation_documents_its_success_and_error_bodies() -> None:
+    # Given the merged document a front end generates its client from
+    document = merged_openapi(project_gateway())
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            # Then every operation has a success answer, and every documented error carries the error body
+            assert any(code.startswith(("2", "3")) for code in responses), (method, path)
+            for code, response in responses.items():
+                schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+                if code.startswith(("4", "5")) and code != "422" and schema:
+                    assert schema.get("$ref", "").endswith("/ErrorOut"), (method, path, code, schema)
+
+
 def test_the_committed_document_is_current() -> None:
     # Front ends generate their typed client from docs/openapi.json: it must be what the handlers say.
     expected = openapi_text(merged_openapi(project_gateway()))

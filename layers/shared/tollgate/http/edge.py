@@ -10,8 +10,9 @@ offset is UTC), limits 1-100, Idempotency-Key 1-255 printable ASCII characters.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.event_handler.openapi.params import Query
@@ -49,3 +50,29 @@ def idempotency_key(app: APIGatewayHttpResolver) -> str | None:
             details={"header": "Idempotency-Key"},
         )
     return key
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorOut(BaseModel):
+    """Every error's body: `{"error": {"code", "message", "details"}}` (tollgate.http.errors)."""
+
+    error: ErrorInfo
+
+
+def documented_errors(errors: Mapping[int, str], *, success: int = 200) -> dict[int, Any]:
+    """OpenAPI `responses` for a route that documents some of its error answers.
+
+    powertools then documents only what is listed, and gives each listed response without content the route's
+    return model: so the success status is listed (it keeps the return model; 204 has no body) and each error
+    carries the error body."""
+    responses: dict[int, Any] = {success: {"description": "Successful Response"}}
+    if success == 204:
+        responses[success] = {"description": "No Content", "content": {}}
+    for status, description in errors.items():
+        responses[status] = {"description": description, "content": {"application/json": {"model": ErrorOut}}}
+    return responses
