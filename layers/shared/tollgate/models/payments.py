@@ -49,6 +49,8 @@ class WebhookEvent(Base):
         UniqueConstraint("provider", "event_id"),
         Index("ix_webhook_events_status", "status", "received_at"),
         Index("ix_webhook_events_event_id", "event_id"),
+        # Early reversals (a refund stored before its purchase) are looked up among the ignored events only.
+        Index("ix_webhook_events_ignored", "provider", "type", postgresql_where=text("status = 'ignored'")),
         CheckConstraint("provider IN ('stripe', 'lemonsqueezy', 'clerk')", name="provider"),
         CheckConstraint("status IN ('processing', 'processed', 'ignored', 'rejected', 'failed')", name="status"),
     )

@@ -2,6 +2,10 @@
 
 Accepts both the classic payload shapes (API 2020-08-27, as in tests/fixtures/providers/stripe) and the newer
 ones (periods on subscription items, `invoice.parent.subscription_details`, invoice payments).
+
+Stripe does not order its deliveries: a refund or a lost dispute can arrive before the purchase or invoice it
+reverses. It is then stored `ignored` (nothing to reverse yet, 2xx), and the grant that arrives later applies it in
+its own transaction (`_apply_early_reversals`), marking the stored event processed, so a redelivery is a duplicate.
 """
 
 from __future__ import annotations
@@ -10,10 +14,10 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, func, or_, select, text
 
 from tollgate.db.base import new_id
-from tollgate.models.payments import Invoice, PaymentMethod, Price, Product, Purchase, Refund
+from tollgate.models.payments import Invoice, PaymentMethod, Price, Product, Purchase, Refund, WebhookEvent
 from tollgate.models.users import User
 from tollgate.payments import adapters
 from tollgate.payments.handling import (
@@ -86,10 +90,10 @@ def checkout_completed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> 
         return Outcome.ignored(f"checkout mode {mode!r} moves no credits")
     if meta.get("kind", "pack") != "pack":
         return Outcome.rejected("a payment checkout for something other than a pack", session=session_id)
-    return _pack_checkout(ctx, obj, user)
+    return _pack_checkout(ctx, event, obj, user)
 
 
-def _pack_checkout(ctx: Ctx, obj: dict[str, Any], user: User) -> Outcome:
+def _pack_checkout(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any], user: User) -> Outcome:
     session_id = str(obj.get("id"))
     existing = ctx.session.execute(
         select(Purchase)
@@ -143,7 +147,17 @@ def _pack_checkout(ctx: Ctx, obj: dict[str, Any], user: User) -> Outcome:
     purchase.paid_at = ctx.provider_time or ctx.now
     granted = grant_purchase(ctx, purchase)
     ctx.session.add(purchase)  # one INSERT, complete, at the transaction's flush
-    return Outcome.done(purchase_id=str(purchase.id), granted=str(granted.amount), grant_id=str(granted.grant_id))
+    late = (
+        _apply_early_reversals(ctx, event, PURCHASE_REVERSALS, payment_intent=purchase.provider_payment_id)
+        if purchase.provider_payment_id
+        else []
+    )
+    return Outcome.done(
+        purchase_id=str(purchase.id),
+        granted=str(granted.amount),
+        grant_id=str(granted.grant_id),
+        **({"late_reversals": late} if late else {}),
+    )
 
 
 def async_payment_failed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
@@ -269,7 +283,7 @@ def _upsert_invoice(ctx: Ctx, obj: dict[str, Any], status: str) -> Invoice:
     invoice.attempt_count = int(obj.get("attempt_count") or invoice.attempt_count or 0)
     invoice.livemode = ctx.livemode
     # A paid invoice stays paid (refund states included) whatever older event arrives after it.
-    if invoice.status not in {"paid", "refunded", "partially_refunded"} or status in {"refunded", "partially_refunded"}:
+    if invoice.status not in PAID_INVOICE or status in {"refunded", "partially_refunded"}:
         invoice.status = status
     if ctx.provider_time is not None:
         invoice.provider_updated_at = max(ctx.provider_time, invoice.provider_updated_at or ctx.provider_time)
@@ -311,7 +325,19 @@ def invoice_paid(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcom
     if plan is None:
         return Outcome.rejected("the invoice's price is not a Tollgate plan", invoice=invoice.provider_invoice_id)
     granted = grant_invoice_allowance(ctx, invoice, user, plan, interval)
-    return Outcome.done(invoice=invoice.provider_invoice_id, granted=str(granted), tier=plan.tier)
+    late = (
+        _apply_early_reversals(
+            ctx, event, INVOICE_REVERSALS, charge_id=invoice.provider_charge_id, invoice_id=invoice.provider_invoice_id
+        )
+        if invoice.grant_source_key
+        else []
+    )
+    return Outcome.done(
+        invoice=invoice.provider_invoice_id,
+        granted=str(granted),
+        tier=plan.tier,
+        **({"late_reversals": late} if late else {}),
+    )
 
 
 def invoice_payment_failed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
@@ -334,6 +360,100 @@ def _older_than(ctx: Ctx, moment: Any) -> bool:
 
 
 # --- refunds and disputes ------------------------------------------------------------------------------------------
+PAID_INVOICE = frozenset({"paid", "refunded", "partially_refunded"})
+NO_CHARGE_HOLDER = "no purchase or invoice matches this charge"
+NO_DISPUTE_HOLDER = "no purchase matches this dispute"
+NOT_GRANTED_YET = "the payment's credits are not granted yet"
+# The reasons of a reversal stored `ignored` that a later grant must still apply (never a mode mismatch).
+EARLY_REASONS = (NO_CHARGE_HOLDER, NO_DISPUTE_HOLDER, NOT_GRANTED_YET)
+PURCHASE_REVERSALS = ("charge.refunded", "charge.dispute.funds_withdrawn", "charge.dispute.closed")
+INVOICE_REVERSALS = ("charge.refunded",)  # disputes over invoices move no credits
+
+
+def _hold_reversal_keys(ctx: Ctx, *keys: str | None) -> None:
+    """Transaction locks shared by a reversal that finds nothing to reverse and the grant that would create it:
+    either the grant commits first and the reversal finds it, or the grant finds the stored reversal. Sorted, so
+    two transactions never wait on each other crosswise."""
+    for key in sorted({key for key in keys if key}):
+        ctx.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"stripe:reversal:{key}"})
+
+
+def _not_granted_yet(holder: Purchase | Invoice) -> bool:
+    """A purchase whose payment is still processing, an invoice not paid yet: its grant is still to come."""
+    if isinstance(holder, Purchase):
+        return holder.status == "pending"
+    return holder.status not in PAID_INVOICE
+
+
+def _payload_field(*path: str) -> ColumnElement[str]:
+    return func.jsonb_extract_path_text(WebhookEvent.payload, "data", "object", *path)
+
+
+def _apply_early_reversals(
+    ctx: Ctx,
+    event: dict[str, Any],
+    types: tuple[str, ...],
+    *,
+    payment_intent: str | None = None,
+    charge_id: str | None = None,
+    invoice_id: str | None = None,
+) -> list[str]:
+    """Apply, right after a grant and in its transaction, the refunds and lost disputes of the same payment that
+    were stored `ignored` because they arrived first. Returns their Stripe event ids."""
+    _hold_reversal_keys(ctx, payment_intent, charge_id, invoice_id)
+    matches: list[ColumnElement[bool]] = []
+    if payment_intent:
+        matches.append(_payload_field("payment_intent") == payment_intent)
+    if charge_id:
+        matches.append(_payload_field("id") == charge_id)  # a refund's object is the charge itself
+    if invoice_id:
+        matches.append(_payload_field("invoice") == invoice_id)
+    if not matches:
+        return []
+    ctx.session.flush()  # the new purchase or invoice must be visible to the handlers' look-ups
+    rows = (
+        ctx.session.execute(
+            select(WebhookEvent)
+            .where(
+                WebhookEvent.provider == PROVIDER,
+                WebhookEvent.status == "ignored",
+                WebhookEvent.type.in_(types),
+                WebhookEvent.outcome["reason"].astext.in_(EARLY_REASONS),
+                or_(*matches),
+            )
+            .order_by(WebhookEvent.provider_created_at.asc().nulls_last(), WebhookEvent.received_at)
+            .with_for_update()
+        )
+        .scalars()
+        .all()
+    )
+    applied: list[str] = []
+    for row in rows:
+        payload = row.payload or {}
+        obj = (payload.get("data") or {}).get("object")
+        handler = HANDLERS.get(row.type)
+        if handler is None or not isinstance(obj, dict):
+            continue
+        late = Ctx(
+            session=ctx.session,
+            provider=PROVIDER,
+            event_type=row.type,
+            webhook_event_id=row.id,
+            provider_time=row.provider_created_at,
+            livemode=row.livemode,
+            now=ctx.now,
+            after_commit=ctx.after_commit,
+        )
+        outcome = handler(late, payload, obj)
+        if outcome.status == "ignored":
+            continue  # still nothing it can reverse here; it keeps waiting
+        row.status = outcome.status
+        row.outcome = {**outcome.detail, "applied_with": event.get("id")}
+        row.processed_at = ctx.now
+        applied.append(row.event_id)
+    return applied
+
+
 def _charge_holder(ctx: Ctx, charge_id: str | None, payment_intent: str | None, invoice_id: str | None) -> Any:
     conditions = []
     if payment_intent:
@@ -385,9 +505,15 @@ def _reverse(ctx: Ctx, holder: Any, *, step_id: str, kind: str, step_amount: Dec
 
 def charge_refunded(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
     charge_id = str(obj["id"])
-    holder = _charge_holder(ctx, charge_id, _id(obj.get("payment_intent")), _id(obj.get("invoice")))
+    keys = (charge_id, _id(obj.get("payment_intent")), _id(obj.get("invoice")))
+    holder = _charge_holder(ctx, *keys)
     if holder is None:
-        return Outcome.ignored("no purchase or invoice matches this charge", charge=charge_id)
+        _hold_reversal_keys(ctx, *keys)
+        holder = _charge_holder(ctx, *keys)  # a grant that committed while this waited is visible now
+    if holder is None:
+        return Outcome.ignored(NO_CHARGE_HOLDER, charge=charge_id)
+    if _not_granted_yet(holder):
+        return Outcome.ignored(NOT_GRANTED_YET, charge=charge_id)
     currency = str(obj.get("currency") or holder.currency).lower()
     refunded = to_major(obj.get("amount_refunded"), currency)  # cumulative
     if refunded <= holder.refunded_amount:
@@ -413,9 +539,15 @@ def dispute_lost(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcom
     if str(obj.get("status", "")).startswith("warning"):
         return Outcome.done(dispute=obj.get("id"), note="an inquiry moves nothing")
     dispute_id = str(obj["id"])
-    holder = _charge_holder(ctx, _id(obj.get("charge")), _id(obj.get("payment_intent")), None)
+    keys = (_id(obj.get("charge")), _id(obj.get("payment_intent")), None)
+    holder = _charge_holder(ctx, *keys)
+    if holder is None:
+        _hold_reversal_keys(ctx, *keys)
+        holder = _charge_holder(ctx, *keys)  # a grant that committed while this waited is visible now
     if holder is None or not isinstance(holder, Purchase):
-        return Outcome.ignored("no purchase matches this dispute", dispute=dispute_id)
+        return Outcome.ignored(NO_DISPUTE_HOLDER, dispute=dispute_id)
+    if _not_granted_yet(holder):
+        return Outcome.ignored(NOT_GRANTED_YET, dispute=dispute_id)
     currency = str(obj.get("currency") or holder.currency).lower()
     amount = min(to_major(obj.get("amount"), currency), holder.amount)
     step_id = f"{dispute_id}:lost"  # one claw-back per dispute, whichever of its events arrives first
