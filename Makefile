@@ -40,8 +40,12 @@ template: $(TOOLS)/bin/.installed
 	$(TOOLS)/bin/sam validate --lint --template template.yaml
 	$(TOOLS)/bin/cfn-lint template.yaml
 
-unit: $(BIN)/.installed
+unit: $(BIN)/.installed browser-if-possible
 	$(BIN)/pytest
+
+# The browser tests need chromium; where it cannot be installed they skip, and say so.
+browser-if-possible:
+	@$(MAKE) --no-print-directory browser || echo "chromium could not be installed (reason above): the browser tests will be skipped"
 
 # The database tests again, in the template's function environment and through PgBouncer (transaction mode, the
 # local RDS Proxy); PgBouncer is unpacked from the distribution's package on first use (tests/tiers.py).
@@ -57,7 +61,7 @@ build: $(TOOLS)/bin/.installed
 	$(TOOLS)/bin/sam build --template template.yaml
 	$(PYTHON) local/tollgate_local/layer.py .aws-sam/build/SharedLayer
 
-.PHONY: browser newcomer
+.PHONY: browser browser-if-possible newcomer
 
 # Debian's chromium, for the browser tests of the local pages (they skip, saying so, without it).
 browser:

@@ -7,6 +7,8 @@ one (hot) user, three ways, in the same run:
   Lambdas are, with the connection settings template.yaml gives CreditsFunction (pool of 1, pre-ping on);
 - floor (pg8000): the same work as ONE raw SQL statement per charge - a conditional UPDATE of the account's
   balance and the ledger INSERT in one CTE - sent with pg8000 (autocommit) from as many Python processes;
+- tx floor (pg8000): that statement between BEGIN and COMMIT (one simple query each), as every statement must
+  run behind a transaction-mode pooler (RDS Proxy, PgBouncer): the peer of the service's own transaction;
 - floor (pgbench): that same statement driven by `pgbench` (shipped with the embedded PostgreSQL).
 Then service/floor ratios, and a user with 50 live grants against a user with one.
 
@@ -94,6 +96,18 @@ def _service_worker(url: str, users: list[uuid.UUID], seconds: float, start: Any
 
 
 def _floor_worker(url: str, users: list[uuid.UUID], seconds: float, start: Any, out: Any) -> None:
+    _floor_loop(url, users, seconds, start, out, in_transaction=False)
+
+
+def _tx_floor_worker(url: str, users: list[uuid.UUID], seconds: float, start: Any, out: Any) -> None:
+    _floor_loop(url, users, seconds, start, out, in_transaction=True)
+
+
+def _floor_loop(
+    url: str, users: list[uuid.UUID], seconds: float, start: Any, out: Any, *, in_transaction: bool
+) -> None:
+    """The floor statement per charge; `in_transaction`: between BEGIN and COMMIT (simple queries, one round
+    trip each), the shape every statement must have behind a transaction-mode pooler."""
     import random
 
     import pg8000.native
@@ -114,7 +128,11 @@ def _floor_worker(url: str, users: list[uuid.UUID], seconds: float, start: Any, 
         t0 = time.perf_counter()
         if t0 >= deadline:
             break
+        if in_transaction:
+            conn.run("BEGIN")
         conn.run(sql, uid=rng.choice(users), tx=new_id())
+        if in_transaction:
+            conn.run("COMMIT")
         latencies.append(time.perf_counter() - t0)
     conn.close()
     out.put(latencies)
@@ -198,7 +216,7 @@ def _setup(tmp: Path) -> tuple[Any, str]:
     os.environ["DATABASE_URL"] = url
     get_settings.cache_clear()
     reset_engine()
-    upgrade("0007_ledger_rules")  # the ledger's own schema (independent of other areas' branches)
+    upgrade("0009_ledger_defaults")  # the ledger's own schema (independent of other areas' branches)
     return server, url
 
 
@@ -264,24 +282,26 @@ def main() -> int:
             f"\n{args.seconds:.0f}s per run, best of {args.repeat} alternating runs; tps = charges/s; "
             "latency in ms per charge (commit included)"
         )
-        header = f"{'load':<7}{'workers':>8}  {'service tps':>12}{'p50':>7}{'p99':>7}  {'pg8000 floor':>13}{'p50':>7}{'p99':>7}  {'pgbench':>9}{'p50':>7}{'p99':>7}  {'svc/pg8000':>10}{'svc/pgbench':>12}"  # noqa: E501
+        header = f"{'load':<7}{'workers':>8}  {'service tps':>12}{'p50':>7}{'p99':>7}  {'pg8000 floor':>13}{'p50':>7}{'p99':>7}  {'tx floor':>9}{'p50':>7}{'p99':>7}  {'pgbench':>9}{'p50':>7}{'p99':>7}  {'svc/pg8000':>10}{'svc/tx':>7}{'svc/pgbench':>12}"  # noqa: E501
         print(header)
         print("-" * len(header))
         for load, users in (("spread", spread), ("hot", hot)):
             for workers in workers_list:
-                runs: dict[str, list[dict[str, float]]] = {"svc": [], "flo": [], "pgb": []}
-                for attempt in range(args.repeat):  # alternating, so a burst of load elsewhere hits all three
+                runs: dict[str, list[dict[str, float]]] = {"svc": [], "flo": [], "txf": [], "pgb": []}
+                for attempt in range(args.repeat):  # alternating, so a burst of load elsewhere hits all of them
                     runs["svc"].append(_run_processes(_service_worker, url, users[1], workers, args.seconds))
                     runs["flo"].append(_run_processes(_floor_worker, url, users[2], workers, args.seconds))
+                    runs["txf"].append(_run_processes(_tx_floor_worker, url, users[2], workers, args.seconds))
                     runs["pgb"].append(
                         _pgbench(server, database, tmp, 2, load == "hot", workers, args.seconds, attempt)
                     )
-                svc, flo, pgb = (max(runs[k], key=lambda f: f["tps"]) for k in ("svc", "flo", "pgb"))
+                svc, flo, txf, pgb = (max(runs[k], key=lambda f: f["tps"]) for k in ("svc", "flo", "txf", "pgb"))
                 print(
                     f"{load:<7}{workers:>8}  {svc['tps']:>12.0f}{svc['p50']:>7.2f}{svc['p99']:>7.2f}  "
                     f"{flo['tps']:>13.0f}{flo['p50']:>7.2f}{flo['p99']:>7.2f}  "
+                    f"{txf['tps']:>9.0f}{txf['p50']:>7.2f}{txf['p99']:>7.2f}  "
                     f"{pgb['tps']:>9.0f}{pgb['p50']:>7.2f}{pgb['p99']:>7.2f}  "
-                    f"{svc['tps'] / flo['tps']:>10.2f}{svc['tps'] / pgb['tps']:>12.2f}"
+                    f"{svc['tps'] / flo['tps']:>10.2f}{svc['tps'] / txf['tps']:>7.2f}{svc['tps'] / pgb['tps']:>12.2f}"
                 )
         print("\nmany grants (service, hot user): one grant vs 50 live grants")
         for workers in (1, 8):
