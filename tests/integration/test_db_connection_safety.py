@@ -396,6 +396,10 @@ def role_timeout(database_url: str) -> Iterator[Callable[[int], None]]:
     engine.dispose()
 
 
+@pytest.mark.direct_database(
+    reason="changes the role default on the database itself; behind the pooler test_tier_production applies it and "
+    "recycles the pooler's backends"
+)
 @pytest.mark.parametrize(("pool_size", "pre_ping"), [(1, True), (1, False)], ids=["preping-on", "preping-off"])
 def test_db_every_unit_of_work_runs_under_the_statement_timeout(
     db: Callable[[], UnitOfWork],
@@ -430,6 +434,10 @@ def test_db_the_migration_step_sets_the_configured_statement_timeout(db: Callabl
     assert (int(setting), source) == (get_settings().db_statement_timeout_ms, "database user")
 
 
+@pytest.mark.direct_database(
+    reason="changes the role default on the database itself; behind the pooler test_tier_production applies it and "
+    "recycles the pooler's backends"
+)
 @pytest.mark.parametrize("pre_ping", [True, False], ids=["preping-on", "preping-off"])
 def test_db_a_statement_past_the_timeout_is_cancelled_and_the_pool_stays_sound(
     db: Callable[[], UnitOfWork],

@@ -8,6 +8,7 @@ import threading
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from tests.integration.test_payments_stripe import charge, invoice_obj, pack_checkout, subscription_obj
@@ -262,6 +263,10 @@ def _refund_in_a_thread(refund: dict[str, Any], answers: dict[str, Any]) -> thre
     return thread
 
 
+@pytest.mark.direct_database(
+    reason="two webhook deliveries in flight at once in one process: the template gives each container a pool of "
+    "one connection, so in that tier the second would wait for the first (two containers in AWS)"
+)
 def test_a_purchase_committed_while_its_refund_looked_for_it_is_found(db, payments_env, catalogue, buyer, monkeypatch):
     # Given a refund that found no purchase, and stopped there
     purchase = pack_checkout(catalogue, buyer)
@@ -280,6 +285,10 @@ def test_a_purchase_committed_while_its_refund_looked_for_it_is_found(db, paymen
     assert ledger_is_consistent(db, buyer)
 
 
+@pytest.mark.direct_database(
+    reason="two webhook deliveries in flight at once in one process: the template gives each container a pool of "
+    "one connection, so in that tier the second would wait for the first (two containers in AWS)"
+)
 def test_a_purchase_waits_for_a_refund_about_to_be_stored_unmatched(db, payments_env, catalogue, buyer, monkeypatch):
     # Given a refund that found no purchase and holds the reversal lock, not yet committed
     purchase = pack_checkout(catalogue, buyer)

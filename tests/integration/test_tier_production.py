@@ -5,21 +5,20 @@ These tests run only with TOLLGATE_TEST_TIER=production (`make unit-production`)
 
 from __future__ import annotations
 
-import os
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import NullPool, create_engine, event, text
 from sqlalchemy.pool import QueuePool
 
 from tests import tiers
 from tests.conftest import use_database
 from tollgate.config import Settings, get_settings
 from tollgate.db import UnitOfWork, get_engine
-from tollgate.db.engine import sqlstate
+from tollgate.db.engine import apply_statement_timeout, pg8000_url, sqlstate
 from tollgate_local import TEMPLATE_PATH
 from tollgate_local.template import Template
 
@@ -138,15 +137,23 @@ def test_the_statement_timeout_holds_behind_the_pooler(
 
 
 @pytest.fixture
-def short_timeout(production_tier: tiers.ProductionTier, database_url: str) -> Iterator[int]:
-    os.environ["DB_STATEMENT_TIMEOUT_MS"] = "200"
-    use_database(database_url)
+def short_timeout(production_tier: tiers.ProductionTier, pg_server: Any, database_url: str) -> Iterator[int]:
+    """A 200 ms statement timeout, applied as the migration step applies it (a default of the role the pooler's
+    backends log in as); the pooler then opens new backends, which carry it."""
+    from tests.conftest import TEST_DATABASE
+
+    direct = create_engine(pg8000_url(pg_server.get_uri(TEST_DATABASE)), poolclass=NullPool)
+
+    def apply(milliseconds: int) -> None:
+        with direct.begin() as conn:
+            apply_statement_timeout(conn, milliseconds)
+        admin_console(production_tier, "RECONNECT")
+        use_database(database_url)
+
+    apply(200)
     yield 200
-    if (configured := template_value("DB_STATEMENT_TIMEOUT_MS")) is not None:
-        os.environ["DB_STATEMENT_TIMEOUT_MS"] = configured
-    else:
-        os.environ.pop("DB_STATEMENT_TIMEOUT_MS", None)
-    use_database(database_url)
+    apply(get_settings().db_statement_timeout_ms)
+    direct.dispose()
 
 
 def test_a_statement_past_the_timeout_is_cancelled_behind_the_pooler(
