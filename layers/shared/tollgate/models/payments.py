@@ -240,6 +240,12 @@ class Invoice(Base):
             "provider_charge_id",
             postgresql_where=text("provider_charge_id IS NOT NULL"),
         ),
+        Index(
+            "ix_invoices_payment_intent",
+            "provider",
+            "provider_payment_intent_id",
+            postgresql_where=text("provider_payment_intent_id IS NOT NULL"),
+        ),
         CheckConstraint(PROVIDERS, name="provider"),
     )
 
@@ -248,6 +254,8 @@ class Invoice(Base):
     provider_invoice_id: Mapped[str] = mapped_column(String(255))
     provider_subscription_id: Mapped[str | None] = mapped_column(String(255))
     provider_charge_id: Mapped[str | None] = mapped_column(String(255))
+    # Stripe's current API links an invoice to its payment only through the payment intent (invoice_payment).
+    provider_payment_intent_id: Mapped[str | None] = mapped_column(String(255))
     provider_customer_id: Mapped[str | None] = mapped_column(String(255))
     user_id: Mapped[uuid.UUID | None] = _user()
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("subscriptions.id"))

@@ -15,6 +15,10 @@ from typing import Any, Protocol
 from tollgate.config import Settings, get_settings
 from tollgate.errors import IdempotencyConflict, PaymentProviderError, ProviderNotConfigured
 
+# The one Stripe API version Tollgate speaks: its API calls send it, and the webhook endpoint must be set to it
+# (README). The event handlers also read the 2020-2024 shapes, so events of an older endpoint still apply.
+STRIPE_API_VERSION = "2026-10-28.endive"
+
 
 @dataclass(frozen=True, slots=True)
 class CheckoutRequest:
@@ -70,9 +74,11 @@ class StripeAdapter:
             raise ProviderNotConfigured("Stripe is not configured (STRIPE_SECRET_KEY)", details={"provider": "stripe"})
         import stripe
 
+        stripe.api_version = STRIPE_API_VERSION
         self._stripe = stripe
         self._client = stripe.StripeClient(
             settings.stripe_secret_key.get_secret_value(),
+            stripe_version=STRIPE_API_VERSION,
             base_addresses={"api": settings.stripe_api_base.rstrip("/")},
             max_network_retries=1,
             http_client=stripe.RequestsClient(timeout=settings.provider_timeout_seconds),

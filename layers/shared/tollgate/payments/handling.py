@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -399,12 +399,133 @@ def months_in(interval: str | None) -> int:
     return 12 if interval == "year" else 1
 
 
-def grant_invoice_allowance(ctx: Ctx, invoice: Invoice, user: User, plan: Plan, interval: str | None) -> Decimal:
-    """Issue the plan's allowance for the paid period of `invoice`, once (keyed by the invoice id). A yearly
-    period grants twelve months of allowance. With rollover `none` it expires at the period's end."""
+def period_allowance(plan: Plan, interval: str | None) -> Decimal:
+    """One billing period's allowance of `plan` (a yearly period holds twelve months)."""
+    return (plan.monthly_credits * months_in(interval)).quantize(CREDIT_SCALE)
+
+
+@dataclass(frozen=True, slots=True)
+class BilledLine:
+    """One invoice line that bills a plan: a whole period, or a proration of a plan change (`credit` when it gives
+    back the unused time of the plan left behind)."""
+
+    plan: Plan
+    interval: str | None
+    proration: bool
+    credit: bool
+    start: datetime | None
+    end: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceAllowance:
+    plan: Plan
+    interval: str | None
+    amount: Decimal
+    new_period: bool  # the invoice opens a billing period (else it only tops up the current one)
+    period_start: datetime | None
+    period_end: datetime | None
+    proration: Decimal  # the allowance the proration lines are worth (negative for a downgrade)
+
+
+def one_interval_before(moment: datetime, interval: str | None) -> datetime:
+    """The start of the monthly/yearly period that ends at `moment` (the day clamped to the shorter month)."""
+    months = months_in(interval)
+    year, month = divmod(moment.year * 12 + moment.month - 1 - months, 12)
+    month += 1
+    next_year, next_month = divmod(year * 12 + month, 12)
+    last_day = (moment.replace(year=next_year, month=next_month + 1, day=1) - timedelta(days=1)).day
+    return moment.replace(year=year, month=month, day=min(moment.day, last_day))
+
+
+def proration_share(line: BilledLine, subscription_period: tuple[datetime | None, datetime | None]) -> Decimal:
+    """The share of its billing period that a proration line covers, by time, as the provider prorates the money:
+    (line end - line start) / (period end - period start). The period is the subscription's when the line runs to
+    its end, else the one interval that ends where the line ends. Without a period the share is 0 (never more)."""
+    if line.start is None or line.end is None or line.end <= line.start:
+        return Decimal(0)
+    start, end = subscription_period
+    if start is None or end is None or abs((end - line.end).total_seconds()) > 60 or start > line.start:
+        start, end = one_interval_before(line.end, line.interval), line.end
+    length = Decimal(int((end - start).total_seconds()))
+    if length <= 0:
+        return Decimal(0)
+    return min(max(Decimal(int((line.end - line.start).total_seconds())) / length, Decimal(0)), Decimal(1))
+
+
+def invoice_allowance(
+    lines: list[BilledLine], subscription_period: tuple[datetime | None, datetime | None]
+) -> InvoiceAllowance | None:
+    """What a paid invoice grants (None when it bills no plan). A whole-period line grants that plan's period
+    allowance. Proration lines grant the difference between the plans' allowances for the time they cover (an
+    upgrade: the new plan's share minus the old plan's share); a downgrade's difference is negative and grants
+    nothing until the next period. No invoice grants more than one period's allowance of the plan it bills (its
+    last whole-period line, else its last charged proration line)."""
+    whole = [line for line in lines if not line.proration]
+    prorations = [line for line in lines if line.proration]
+    billed = whole[-1] if whole else next((line for line in reversed(prorations) if not line.credit), None)
+    if billed is None:
+        return None
+    cap = period_allowance(billed.plan, billed.interval)
+    worth = sum(
+        (
+            (-1 if line.credit else 1)
+            * period_allowance(line.plan, line.interval)
+            * proration_share(line, subscription_period)
+            for line in prorations
+        ),
+        Decimal(0),
+    ).quantize(CREDIT_SCALE, rounding=ROUND_HALF_UP)
+    base = cap if whole else Decimal(0)
+    amount = min(base + max(worth, Decimal(0)), cap)
+    return InvoiceAllowance(
+        plan=billed.plan,
+        interval=billed.interval,
+        amount=amount,
+        new_period=bool(whole),
+        period_start=billed.start,
+        period_end=billed.end,
+        proration=worth,
+    )
+
+
+def top_up_room(ctx: Ctx, invoice: Invoice, plan: Plan, interval: str | None) -> Decimal:
+    """What a proration top-up may still add to the subscription's current period: one period's allowance of the
+    plan it bills minus what the period's other invoices granted. Up-, down- and upgrading again within one
+    period (the downgrade's credit paying the next upgrade) then never adds up to more than one period of the
+    best plan."""
+    if invoice.provider_subscription_id is None or invoice.period_end is None:
+        return period_allowance(plan, interval)
+    window = timedelta(seconds=60)
+    granted = ctx.session.execute(
+        select(func.coalesce(func.sum(Invoice.credits_granted), 0)).where(
+            Invoice.provider == invoice.provider,
+            Invoice.provider_subscription_id == invoice.provider_subscription_id,
+            Invoice.period_end.between(invoice.period_end - window, invoice.period_end + window),
+            Invoice.id != invoice.id,
+        )
+    ).scalar_one()
+    return max(period_allowance(plan, interval) - Decimal(granted), Decimal(0))
+
+
+def grant_invoice_allowance(
+    ctx: Ctx,
+    invoice: Invoice,
+    user: User,
+    plan: Plan,
+    interval: str | None,
+    *,
+    amount: Decimal | None = None,
+    new_period: bool = True,
+) -> Decimal:
+    """Issue the allowance `invoice` paid for, once (keyed by the invoice id): by default the plan's allowance
+    for the invoice's period (a yearly period grants twelve months), else `amount`. An invoice that opens a period
+    goes through the period rules (earlier allowance expires, is trimmed or kept per the plan's rollover); one that
+    only tops up the current period (a proration) adds a grant and leaves the others alone. With rollover `none`
+    the grant expires at the period's end."""
     if invoice.grant_source_key:
         return Decimal(0)
-    amount = (plan.monthly_credits * months_in(interval)).quantize(CREDIT_SCALE)
+    amount = period_allowance(plan, interval) if amount is None else amount.quantize(CREDIT_SCALE)
     invoice.plan_id = plan.id
     if amount <= 0:
         return Decimal(0)
@@ -412,16 +533,28 @@ def grant_invoice_allowance(ctx: Ctx, invoice: Invoice, user: User, plan: Plan, 
     if expires_at is not None and expires_at <= ctx.now:
         expires_at = None
     period_key = f"{invoice.provider}:{invoice.provider_invoice_id}"
-    result = ledger.issue_allowance(
-        ctx.session,
-        user.id,
-        period_key,
-        amount=amount,
-        expires_at=expires_at,
-        rollover=plan.rollover,
-        rollover_cap=plan.rollover_cap,
-        now=ctx.now,
-    )
+    if new_period:
+        result = ledger.issue_allowance(
+            ctx.session,
+            user.id,
+            period_key,
+            amount=amount,
+            expires_at=expires_at,
+            rollover=plan.rollover,
+            rollover_cap=plan.rollover_cap,
+            now=ctx.now,
+        )
+    else:
+        result = ledger.grant(
+            ctx.session,
+            user.id,
+            kind="allowance",
+            amount=amount,
+            source_key=f"allowance:{period_key}",
+            expires_at=expires_at,
+            metadata={"provider": invoice.provider, "invoice": invoice.provider_invoice_id, "proration": True},
+            now=ctx.now,
+        )
     if result is None:
         return Decimal(0)
     invoice.grant_source_key = f"allowance:{period_key}"

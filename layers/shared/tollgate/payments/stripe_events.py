@@ -1,7 +1,11 @@
 """Stripe events -> purchases, subscriptions, invoices, refunds, the catalogue mirror and ledger grants.
 
-Accepts both the classic payload shapes (API 2020-08-27, as in tests/fixtures/providers/stripe) and the newer
-ones (periods on subscription items, `invoice.parent.subscription_details`, invoice payments).
+Speaks the API version pinned in `adapters.STRIPE_API_VERSION` (periods on subscription items,
+`invoice.parent.subscription_details`, line prices in `pricing.price_details`, proration flags in
+`line.parent.*_details.proration`, no `invoice.charge` and no `charge.invoice`: `invoice_payment.paid` links an
+invoice to the payment intent or charge that paid it), and still reads the 2020-2024 shapes (top-level
+`invoice.subscription`, `invoice.charge`, `invoice.payment_intent`, `line.price`, `line.proration`,
+`charge.invoice`, periods on the subscription), as in tests/fixtures/providers/stripe.
 
 Stripe does not order its deliveries: a refund or a lost dispute can arrive before the purchase or invoice it
 reverses. It is then stored `ignored` (nothing to reverse yet, 2xx), and the grant that arrives later applies it in
@@ -17,10 +21,20 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, or_, select, text
 
 from tollgate.db.base import new_id
-from tollgate.models.payments import Invoice, PaymentMethod, Price, Product, Purchase, Refund, WebhookEvent
+from tollgate.models.payments import (
+    Invoice,
+    PaymentMethod,
+    Price,
+    Product,
+    Purchase,
+    Refund,
+    Subscription,
+    WebhookEvent,
+)
 from tollgate.models.users import User
 from tollgate.payments import adapters
 from tollgate.payments.handling import (
+    BilledLine,
     Ctx,
     NotYetApplicable,
     Outcome,
@@ -28,6 +42,7 @@ from tollgate.payments.handling import (
     apply_subscription,
     grant_invoice_allowance,
     grant_purchase,
+    invoice_allowance,
     invoice_for_update,
     link_customer,
     notify_payment_failed,
@@ -35,6 +50,7 @@ from tollgate.payments.handling import (
     plan_by_price,
     reverse_credits,
     subscription_for_update,
+    top_up_room,
     user_by_customer,
     user_by_id,
 )
@@ -231,32 +247,77 @@ def subscription_deleted(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -
 
 
 # --- invoices ------------------------------------------------------------------------------------------------------
+def _lines(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return [line for line in (obj.get("lines") or {}).get("data") or [] if isinstance(line, dict)]
+
+
+def _line_parents(line: dict[str, Any]) -> list[dict[str, Any]]:
+    """A line's `parent.subscription_item_details` / `parent.invoice_item_details` (current API), the one its
+    `parent.type` names first."""
+    parent = line.get("parent")
+    if not isinstance(parent, dict):
+        return []
+    names = [str(parent.get("type") or ""), "subscription_item_details", "invoice_item_details"]
+    return [parent[name] for name in dict.fromkeys(names) if isinstance(parent.get(name), dict)]
+
+
+def _line_price(line: dict[str, Any]) -> str | None:
+    pricing = (line.get("pricing") or {}).get("price_details") or {}
+    return _id(line.get("price")) or _id(line.get("plan")) or _id(pricing.get("price"))
+
+
+def _line_proration(line: dict[str, Any]) -> bool:
+    return bool(line.get("proration")) or any(bool(details.get("proration")) for details in _line_parents(line))
+
+
+def _line_subscription(line: dict[str, Any]) -> str | None:
+    found = [_id(line.get("subscription"))] + [_id(details.get("subscription")) for details in _line_parents(line)]
+    return next((sub for sub in found if sub), None)
+
+
+def _line_is_credit(line: dict[str, Any]) -> bool:
+    """A proration that gives back the unused time of the plan left behind: a negative amount (or, at 0, a line
+    that names the items it credits)."""
+    amount = line.get("amount")
+    if isinstance(amount, int) and amount != 0:
+        return amount < 0
+    credited = [line.get("proration_details")] + [details.get("proration_details") for details in _line_parents(line)]
+    return any(isinstance(d, dict) and d.get("credited_items") for d in credited)
+
+
 def _invoice_subscription(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    details = (
-        ((obj.get("parent") or {}).get("subscription_details") or {}) if isinstance(obj.get("parent"), dict) else {}
-    )
+    parent = obj.get("parent") if isinstance(obj.get("parent"), dict) else {}
+    details = (parent or {}).get("subscription_details") or {}
     sub_id = _id(obj.get("subscription")) or _id(details.get("subscription"))
-    meta = dict(details.get("metadata") or obj.get("subscription_details", {}).get("metadata") or {})
-    for line in (obj.get("lines") or {}).get("data") or []:
+    meta = dict(details.get("metadata") or (obj.get("subscription_details") or {}).get("metadata") or {})
+    for line in _lines(obj):
         if not meta and isinstance(line.get("metadata"), dict):
             meta = dict(line["metadata"])
-        sub_id = sub_id or _id(line.get("subscription"))
+        sub_id = sub_id or _line_subscription(line)
     return sub_id, meta
 
 
 def _invoice_price(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """The recurring price of the invoice (the last subscription line: after a proration, the new plan) and
+    """The recurring price of the invoice (its last whole-period line: after a plan change, the new plan) and
     its period."""
     chosen: tuple[str | None, dict[str, Any]] = (None, {})
-    for line in (obj.get("lines") or {}).get("data") or []:
-        price = line.get("price") or line.get("plan") or {}
-        pricing = (line.get("pricing") or {}).get("price_details") or {}
-        price_id = _id(price) or _id(pricing.get("price"))
-        if line.get("proration"):
-            continue
-        if price_id:
+    for line in _lines(obj):
+        price_id = _line_price(line)
+        if price_id and not _line_proration(line):
             chosen = (price_id, line.get("period") or {})
     return chosen
+
+
+def _invoice_payments(obj: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The payment intent and charge that paid an invoice: `invoice.payment_intent` / `invoice.charge` (2020-2024),
+    or its paid `payments` (current API, when the event carries them)."""
+    payment_intent, charge = _id(obj.get("payment_intent")), _id(obj.get("charge"))
+    for paid in (obj.get("payments") or {}).get("data") or []:
+        if isinstance(paid, dict) and paid.get("status") in (None, "paid"):
+            payment = paid.get("payment") or {}
+            payment_intent = payment_intent or _id(payment.get("payment_intent"))
+            charge = charge or _id(payment.get("charge"))
+    return payment_intent, charge
 
 
 def _upsert_invoice(ctx: Ctx, obj: dict[str, Any], status: str) -> Invoice:
@@ -270,7 +331,9 @@ def _upsert_invoice(ctx: Ctx, obj: dict[str, Any], status: str) -> Invoice:
     _, period = _invoice_price(obj)
     invoice.provider_subscription_id = sub_id or invoice.provider_subscription_id
     invoice.provider_customer_id = _id(obj.get("customer")) or invoice.provider_customer_id
-    invoice.provider_charge_id = _id(obj.get("charge")) or invoice.provider_charge_id
+    payment_intent, charge = _invoice_payments(obj)
+    invoice.provider_charge_id = charge or invoice.provider_charge_id
+    invoice.provider_payment_intent_id = payment_intent or invoice.provider_payment_intent_id
     invoice.number = obj.get("number") or invoice.number
     invoice.billing_reason = obj.get("billing_reason") or invoice.billing_reason
     invoice.amount_due = to_major(obj.get("amount_due"), currency)
@@ -316,26 +379,112 @@ def invoice_paid(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcom
         raise NotYetApplicable("no Tollgate user is linked to this invoice's subscription yet")
     invoice.user_id = user.id
     link_customer(ctx.session, user, PROVIDER, invoice.provider_customer_id)
-    price_id, _ = _invoice_price(obj)
-    if price_id is None:
-        # Only proration lines (a mid-period plan change): the tier moves with the subscription; the new
-        # plan's allowance comes with the next period's invoice.
-        return Outcome.done(invoice=invoice.provider_invoice_id, note="no recurring line: no allowance")
-    plan, interval = plan_by_price(ctx.session, PROVIDER, price_id)
-    if plan is None:
-        return Outcome.rejected("the invoice's price is not a Tollgate plan", invoice=invoice.provider_invoice_id)
-    granted = grant_invoice_allowance(ctx, invoice, user, plan, interval)
+    lines, foreign = _billed_lines(ctx, obj)
+    sub = ctx.session.get(Subscription, invoice.subscription_id) if invoice.subscription_id else None
+    allowance = invoice_allowance(lines, (sub.current_period_start, sub.current_period_end) if sub else (None, None))
+    if allowance is None:
+        if foreign:
+            return Outcome.rejected(
+                "the invoice's price is not a Tollgate plan", invoice=invoice.provider_invoice_id, prices=foreign
+            )
+        return Outcome.done(invoice=invoice.provider_invoice_id, note="no line bills a plan: no allowance")
+    if allowance.period_end is not None:
+        invoice.period_start, invoice.period_end = allowance.period_start, allowance.period_end
+    amount = allowance.amount
+    if not allowance.new_period:
+        amount = min(amount, top_up_room(ctx, invoice, allowance.plan, allowance.interval))
+    granted = grant_invoice_allowance(
+        ctx, invoice, user, allowance.plan, allowance.interval, amount=amount, new_period=allowance.new_period
+    )
     late = (
         _apply_early_reversals(
-            ctx, event, INVOICE_REVERSALS, charge_id=invoice.provider_charge_id, invoice_id=invoice.provider_invoice_id
+            ctx,
+            event,
+            INVOICE_REVERSALS,
+            payment_intent=invoice.provider_payment_intent_id,
+            charge_id=invoice.provider_charge_id,
+            invoice_id=invoice.provider_invoice_id,
+        )
+        if invoice.grant_source_key
+        else []
+    )
+    proration = {"proration": str(allowance.proration)} if any(line.proration for line in lines) else {}
+    if proration and not allowance.new_period and allowance.proration <= 0:
+        proration["note"] = "a downgrade grants nothing until the next period"
+    return Outcome.done(
+        invoice=invoice.provider_invoice_id,
+        granted=str(granted),
+        tier=allowance.plan.tier,
+        **proration,
+        **({"late_reversals": late} if late else {}),
+    )
+
+
+def _billed_lines(ctx: Ctx, obj: dict[str, Any]) -> tuple[list[BilledLine], list[str]]:
+    """The invoice's lines that bill a Tollgate plan, and the prices of those that bill something else."""
+    billed: list[BilledLine] = []
+    foreign: list[str] = []
+    for line in _lines(obj):
+        price_id = _line_price(line)
+        if not price_id:
+            continue
+        plan, interval = plan_by_price(ctx.session, PROVIDER, price_id)
+        if plan is None:
+            foreign.append(price_id)
+            continue
+        period = line.get("period") or {}
+        proration = _line_proration(line)
+        billed.append(
+            BilledLine(
+                plan=plan,
+                interval=interval,
+                proration=proration,
+                credit=proration and _line_is_credit(line),
+                start=parse_time(period.get("start")),
+                end=parse_time(period.get("end")),
+            )
+        )
+    return billed, foreign
+
+
+def invoice_payment_paid(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    """`invoice_payment.paid` (current API): which payment intent or charge paid an invoice, the link a refund of
+    that invoice follows (its charge names no invoice any more). It can arrive before the invoice: the link is kept
+    on an `open` invoice row that the invoice's own events complete."""
+    invoice_id = _id(obj.get("invoice"))
+    if not invoice_id:
+        return Outcome.rejected("an invoice payment that names no invoice", invoice_payment=obj.get("id"))
+    if obj.get("status") not in (None, "paid"):
+        return Outcome.ignored("the invoice payment is not paid", status=obj.get("status"))
+    payment = obj.get("payment") or {}
+    payment_intent, charge_id = _id(payment.get("payment_intent")), _id(payment.get("charge"))
+    if not payment_intent and not charge_id:
+        return Outcome.ignored("the invoice payment names no payment intent or charge", type=payment.get("type"))
+    invoice = invoice_for_update(ctx.session, PROVIDER, invoice_id)
+    if invoice is None:
+        currency = str(obj.get("currency") or "usd").lower()
+        invoice = Invoice(
+            provider=PROVIDER,
+            provider_invoice_id=invoice_id,
+            status="open",
+            currency=currency if len(currency) == 3 else "usd",
+            livemode=ctx.livemode,
+        )
+        ctx.session.add(invoice)
+    invoice.provider_payment_intent_id = invoice.provider_payment_intent_id or payment_intent
+    invoice.provider_charge_id = invoice.provider_charge_id or charge_id
+    ctx.session.flush()
+    late = (
+        _apply_early_reversals(
+            ctx, event, INVOICE_REVERSALS, payment_intent=payment_intent, charge_id=charge_id, invoice_id=invoice_id
         )
         if invoice.grant_source_key
         else []
     )
     return Outcome.done(
-        invoice=invoice.provider_invoice_id,
-        granted=str(granted),
-        tier=plan.tier,
+        invoice=invoice_id,
+        payment_intent=payment_intent,
+        charge=charge_id,
         **({"late_reversals": late} if late else {}),
     )
 
@@ -473,11 +622,23 @@ def _charge_holder(ctx: Ctx, charge_id: str | None, payment_intent: str | None, 
         inv_conditions.append(Invoice.provider_charge_id == charge_id)
     if invoice_id:
         inv_conditions.append(Invoice.provider_invoice_id == invoice_id)
-    if inv_conditions:
-        return ctx.session.execute(
-            select(Invoice).where(Invoice.provider == PROVIDER, or_(*inv_conditions)).with_for_update()
-        ).scalar_one_or_none()
-    return None
+    if payment_intent:  # the current API's only link from a charge to its invoice (invoice_payment.paid)
+        inv_conditions.append(Invoice.provider_payment_intent_id == payment_intent)
+    if not inv_conditions:
+        return None
+    invoice = (
+        ctx.session.execute(
+            select(Invoice)
+            .where(Invoice.provider == PROVIDER, or_(*inv_conditions))
+            .order_by(Invoice.created_at, Invoice.id)
+            .with_for_update()
+        )
+        .scalars()
+        .first()
+    )
+    if invoice is not None and charge_id and not invoice.provider_charge_id:
+        invoice.provider_charge_id = charge_id
+    return invoice
 
 
 def _reverse(ctx: Ctx, holder: Any, *, step_id: str, kind: str, step_amount: Decimal, reason: str | None) -> Outcome:
@@ -669,6 +830,7 @@ HANDLERS: dict[str, Handler] = {
     "invoice.paid": invoice_paid,
     "invoice.payment_succeeded": invoice_paid,
     "invoice.payment_failed": invoice_payment_failed,
+    "invoice_payment.paid": invoice_payment_paid,
     "charge.refunded": charge_refunded,
     "charge.dispute.created": dispute_created,
     "charge.dispute.funds_withdrawn": dispute_lost,
