@@ -22,6 +22,8 @@ class HealthOut(BaseModel):
     schema_version: str | None
 
 
+# 503 `dependency_unavailable` without a database, 503 `schema_outdated` (expected and found revisions) until the
+# deploy's migration has brought the schema to every head.
 @app.get("/health", summary="Liveness and database reachability")
 def health() -> HealthOut:
     report = check_health(UnitOfWork())

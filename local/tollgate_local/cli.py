@@ -94,10 +94,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from tollgate_local.migrations import downgrade
 
+    if args.aws:
+        return _migrate_in_aws(args.aws)
     _prepare_database(migrate=args.downgrade is None)
     if args.downgrade is not None:
         downgrade(args.downgrade)
     print("database is at the requested revision")
+    return 0
+
+
+def _migrate_in_aws(stack: str) -> int:
+    """Invoke the stack's migration function (the one every deploy runs) and print what it answers."""
+    import boto3  # AWS credentials and region from the usual places (profile, environment)
+    from botocore.config import Config
+
+    resource = boto3.client("cloudformation").describe_stack_resource(
+        StackName=stack, LogicalResourceId="MigrateFunction"
+    )
+    name = resource["StackResourceDetail"]["PhysicalResourceId"]
+    # A migration may take the function's whole timeout (900 s); a retried invoke would run it twice at once.
+    patient = Config(read_timeout=910, retries={"max_attempts": 1})
+    answer = boto3.client("lambda", config=patient).invoke(
+        FunctionName=name, Payload=json.dumps({"action": "upgrade"}).encode()
+    )
+    payload = answer["Payload"].read().decode("utf-8")
+    if answer.get("FunctionError"):
+        print(f"{name} failed: {payload}", file=sys.stderr)
+        return 1
+    print(payload)
     return 0
 
 
@@ -310,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="upgrade the database to the newest schema")
     migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION (e.g. base, -1)")
+    migrate.add_argument("--aws", metavar="STACK", help="run the deployed stack's migration function instead")
     migrate.set_defaults(func=cmd_migrate)
 
     invoke = sub.add_parser("invoke", help="invoke a function (by logical id) or a schedule (by name)")

@@ -42,8 +42,20 @@ def test_the_layer_holds_tollgate_and_its_dependencies(build_dir: Path) -> None:
 def test_no_dev_only_code_ships(build_dir: Path) -> None:
     shipped = {p.name for p in build_dir.rglob("*")}
     assert "tollgate_local" not in shipped
-    assert "pgserver" not in shipped and "alembic" not in shipped and "pytest" not in shipped
+    assert "pgserver" not in shipped and "pytest" not in shipped
     assert not any(build_dir.rglob("bench")) and not any(build_dir.rglob("conftest.py"))
+    # Alembic and the revisions ship in the migration function's artifact, and nowhere else.
+    elsewhere = {p.name for p in build_dir.rglob("*") if "MigrateFunction" not in p.relative_to(build_dir).parts}
+    assert "alembic" not in elsewhere and "versions" not in elsewhere
+
+
+def test_the_migration_function_holds_alembic_and_the_revisions(build_dir: Path) -> None:
+    code = build_dir / "MigrateFunction"
+    assert (code / "alembic" / "__init__.py").is_file()
+    assert (code / "migrations" / "env.py").is_file() and not (code / "migrations").is_symlink()
+    revisions = {p.name for p in (ROOT / "migrations" / "versions").glob("*.py")}
+    assert revisions and revisions <= {p.name for p in (code / "migrations" / "versions").glob("*.py")}
+    assert any((code / "migrations" / "sql").rglob("*.sql"))
 
 
 def test_every_handler_imports_with_only_the_layer(build_dir: Path) -> None:

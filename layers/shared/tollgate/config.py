@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=5, ge=1, le=100)
     db_pool_pre_ping: bool = False
     db_statement_timeout_ms: int = Field(default=15_000, ge=0)
+    # The least-privileged role the functions connect as (tollgate/db/roles.py). The migration step creates and
+    # grants it, and gives it the statement timeout; unset (locally), the functions connect as the schema owner.
+    db_app_user: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]*$")
+    # The migration function's own connection: the schema owner it logs in as (unset: DB_USER), and the secret
+    # whose password the application role gets (the one RDS Proxy logs in with; unset: no password is set).
+    migration_db_user: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]*$")
+    migration_app_secret_arn: str | None = None
     aws_region: str = Field(default="us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
 
     # --- local mode -----------------------------------------------------------------------------------------

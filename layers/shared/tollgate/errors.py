@@ -27,6 +27,13 @@ class DependencyUnavailable(TollgateError):
     code = "dependency_unavailable"
 
 
+class SchemaOutdated(DependencyUnavailable):
+    """The database's schema is not at the revisions this code expects (the deploy's migration has not run or
+    failed): nothing can be served until it is."""
+
+    code = "schema_outdated"
+
+
 class DatabaseUnavailable(DependencyUnavailable):
     """The database cannot serve right now (lost, restarting, refusing connections, too slow): retry later.
     Raised where a service wraps every failure in a named error of its own (webhook receivers)."""

@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -214,19 +214,28 @@ def _guarded(engine: Engine) -> Engine:
     return engine
 
 
-def apply_statement_timeout(connection: Connection, timeout_ms: int) -> None:
-    """Make `timeout_ms` the statement timeout of every later session of the current role in this database.
+def apply_statement_timeout(connection: Connection, timeout_ms: int, role: str | None = None) -> None:
+    """Make `timeout_ms` the statement timeout of every later session of `role` (default: the current role) in
+    this database.
 
     Bounded statements: a stuck query must not hold a ledger lock past the Lambda timeout. The bound is a role
     default, which the server applies as each backend starts, so it holds on whichever backend a pooler hands
     out: no startup parameter (PgBouncer refuses them, RDS Proxy rejects command-line options) and no `SET` per
     transaction (a round trip each, and RDS Proxy pins a client connection that runs `SET`). The migration step
-    applies it; connections opened afterwards carry it."""
+    applies it to the application role when there is one (never to the owner: migrations may run longer);
+    connections opened afterwards carry it."""
     milliseconds = int(timeout_ms)
-    connection.exec_driver_sql(
-        "DO $$ BEGIN EXECUTE format('ALTER ROLE %I IN DATABASE %I SET statement_timeout = %s', "
-        f"current_user, current_database(), {milliseconds}); END $$"
-    )
+    template = "ALTER ROLE %I IN DATABASE %I SET statement_timeout = %s"
+    if role:
+        statement = connection.scalar(
+            text("SELECT format(CAST(:template AS text), CAST(:role AS text), current_database(), CAST(:ms AS int))"),
+            {"template": template, "role": role, "ms": milliseconds},
+        )
+        connection.exec_driver_sql(str(statement))
+    else:
+        connection.exec_driver_sql(
+            f"DO $$ BEGIN EXECUTE format('{template}', current_user, current_database(), {milliseconds}); END $$"
+        )
 
 
 def build_session_factory(engine: Engine) -> sessionmaker[Session]:
