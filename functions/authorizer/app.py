@@ -7,6 +7,9 @@ AUTH_MODE=clerk) or `X-Api-Key: <key>`, and passes `user_id`, `role`, `session_i
 API Gateway's own authorizer cache is off (no identity source, ReauthorizeEvery 0); this container keeps a
 short cache of verdicts keyed by the token's hash instead (AUTHORIZER_CACHE_SECONDS, never past the token's
 expiry; denials for 5 seconds), so revocation takes effect within that delay.
+When the database cannot serve, the authorizer cannot decide: it lets the request through marked unavailable,
+without any identity and without caching, and the function answers 503 dependency_unavailable (an authorizer
+that raises would make API Gateway answer its own 500, which tells a client nothing).
 """
 
 from __future__ import annotations
@@ -21,8 +24,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
+from tollgate.db.engine import is_unavailable
 from tollgate.observability import logger, tracer
-from tollgate.services.authorizer import Verdict, allows_route, authorize_api_key, authorize_bearer
+from tollgate.services.authorizer import (
+    UNAVAILABLE_CONTEXT,
+    Verdict,
+    allows_route,
+    authorize_api_key,
+    authorize_bearer,
+)
 
 DENY: dict[str, Any] = {"isAuthorized": False}
 DENY_CACHE_SECONDS = 5.0
@@ -80,7 +90,7 @@ def _credential(headers: dict[str, str]) -> tuple[str, str] | None:
 
 def decide(event: dict[str, Any]) -> dict[str, Any]:
     answer = _verdict(event)
-    if answer.get("isAuthorized"):
+    if answer.get("isAuthorized") and answer["context"] != UNAVAILABLE_CONTEXT:
         context = answer["context"]
         allowed = allows_route(
             context.get("status", ""),
@@ -106,7 +116,15 @@ def _verdict(event: dict[str, Any]) -> dict[str, Any]:
     if cached is not None:
         return cached
     check = authorize_bearer if kind == "bearer" else authorize_api_key
-    verdict: Verdict | None = check(UnitOfWork(), secret)
+    try:
+        verdict: Verdict | None = check(UnitOfWork(), secret)
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        logger.warning(
+            "database unavailable: request passed on marked unavailable", extra={"error": type(exc).__name__}
+        )
+        return {"isAuthorized": True, "context": dict(UNAVAILABLE_CONTEXT)}
     ttl = get_settings().authorizer_cache_seconds
     if verdict is None:
         cache.put(key, DENY, now + min(DENY_CACHE_SECONDS, ttl))

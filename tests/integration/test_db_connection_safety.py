@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -239,6 +239,27 @@ def test_db_a_stopped_database_answers_503_on_every_route(
     use_database("postgresql://tollgate:x@127.0.0.1:1/tollgate")
     for route, response in _every_kind_of_route(uuid.uuid4()).items():
         assert_unavailable(response, route)
+
+
+def test_db_a_stopped_database_answers_503_through_the_real_authorizer(
+    database_url: str, configure: Callable[..., None]
+) -> None:
+    """Given a validly signed access token, and a database that refuses connections
+    When a protected route is called through the real authorizer (which needs the database to decide)
+    Then it answers 503 dependency_unavailable with Retry-After, not API Gateway's 500 for a failed authorizer;
+    and once the database is back the same token is decided afresh (the unavailable answer was not cached)."""
+    from tollgate.auth.access_tokens import issue_access_token
+
+    token, _ = issue_access_token(uuid.uuid4(), uuid.uuid4(), "USER", datetime.now(UTC))
+    headers = {"authorization": f"Bearer {token}"}
+    configure(DB_POOL_SIZE=1, DB_POOL_PRE_PING=True)
+    use_database("postgresql://tollgate:x@127.0.0.1:1/tollgate")
+    for method, path in (("GET", "/credits/balance"), ("POST", "/credits/usage")):
+        response = api_call(method, path, body={"operation": "chat"}, headers=headers, through_authorizer=True)
+        assert_unavailable(response, path)
+    use_database(database_url)
+    # no such user or session: refused by the authorizer now that it can look
+    assert api_call("GET", "/credits/balance", headers=headers, through_authorizer=True).status == 403
 
 
 @pytest.mark.direct_database(reason="a Unix socket path: in the pooler tier the database is found by host")

@@ -38,10 +38,12 @@ from tollgate.db.engine import is_unavailable
 from tollgate.http.errors import error_body, status_for
 from tollgate.input_bounds import MAX_JSON_DEPTH
 from tollgate.observability import logger
+from tollgate.services.authorizer import UNAVAILABLE_CONTEXT
 
 JSON = "application/json"
 # A database restart or failover takes seconds (RDS Proxy queues meanwhile): ask for a retry soon.
 DATABASE_RETRY_AFTER_SECONDS = 2
+
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -169,6 +171,14 @@ class TollgateResolver(APIGatewayHttpResolver):
     PostgreSQL cannot store) before anything runs."""
 
     def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+        authorizer = ((event.get("requestContext") or {}).get("authorizer") or {}).get("lambda") or {}
+        if authorizer == UNAVAILABLE_CONTEXT:  # the authorizer could not decide: no caller, no route runs
+            return {
+                "statusCode": int(HTTPStatus.SERVICE_UNAVAILABLE),
+                "headers": {"Content-Type": JSON, "Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+                "body": error_body(errors.DependencyUnavailable.code, "the database is unavailable"),
+                "isBase64Encoded": False,
+            }
         problem = _request_problem(event)
         if problem is not None:
             return {
