@@ -25,9 +25,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
 from tollgate.db.engine import is_unavailable
+from tollgate.http.authorizer_context import UNAVAILABLE_CONTEXT
 from tollgate.observability import logger, tracer
 from tollgate.services.authorizer import (
-    UNAVAILABLE_CONTEXT,
     Verdict,
     allows_route,
     authorize_api_key,

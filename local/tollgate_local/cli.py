@@ -74,16 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("schedules running: %s", ", ".join(sorted(runner.schedules)) or "none")
     print(f"Tollgate is serving on http://127.0.0.1:{port}  (GET /health, /docs, /openapi.json)", flush=True)
     print(f"ready in {time.monotonic() - started:.1f}s; Ctrl-C stops it", flush=True)
-
-    stop = {"now": False}
-
-    def _stop(*_: Any) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    while not stop["now"]:
-        time.sleep(0.2)
+    _wait_for_stop()
     if runner:
         runner.stop()
     http.shutdown()

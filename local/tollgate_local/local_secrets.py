@@ -26,15 +26,7 @@ def ensure_jwt_signing_key(data_dir: Path | None = None) -> Path | None:
     folder = data_dir or settings.data_dir
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / KEY_FILE
-    if not path.exists():
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process made it first
-        else:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(48))
-    os.environ["JWT_SIGNING_KEY"] = path.read_text().strip()
+    os.environ["JWT_SIGNING_KEY"] = _read_or_create(path, lambda: secrets.token_urlsafe(48))
     get_settings.cache_clear()
     return path
 

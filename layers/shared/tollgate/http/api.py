@@ -35,10 +35,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from tollgate import errors
 from tollgate.config import get_settings
 from tollgate.db.engine import is_unavailable
+from tollgate.http.authorizer_context import UNAVAILABLE_CONTEXT
 from tollgate.http.errors import error_body, status_for
 from tollgate.input_bounds import MAX_JSON_DEPTH
 from tollgate.observability import logger
-from tollgate.services.authorizer import UNAVAILABLE_CONTEXT
 
 JSON = "application/json"
 # A database restart or failover takes seconds (RDS Proxy queues meanwhile): ask for a retry soon.

@@ -40,10 +40,6 @@ from tollgate.models.auth import ApiKey, AuthSession
 
 API_KEY_TOUCH_INTERVAL = timedelta(minutes=1)
 LOCKED_ROUTE_PREFIXES = ("/auth/", "/billing/")
-# The authorizer's context when it cannot decide because the database is unavailable: an HTTP API authorizer can
-# only allow or deny (an error becomes API Gateway's own 500), so the request goes on marked, with no caller, and
-# the function's resolver answers 503 dependency_unavailable before any route runs. Never cached.
-UNAVAILABLE_CONTEXT: dict[str, str] = {"unavailable": "database"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -453,6 +453,22 @@ def _live_link_token(session: Session, model: type[LinkToken], token: str, now: 
     return row
 
 
+def _count_failed_attempt(session: Session, account_key: str | None, ip: str | None, now: datetime) -> None:
+    """One failed credential attempt, counted against the account and the caller's address (the login throttle)."""
+    throttle.record_failure(session, "account", account_key, now)
+    throttle.record_failure(session, "ip", ip, now)
+
+
+def _password_matches(session: Session, user: User, password: str, ip: str | None, now: datetime) -> tuple[bool, str]:
+    """Whether `password` is the signed-in user's own, asked under the login throttle (429 while it cools off;
+    PasswordNotSet for an account without one). Returns the throttle's account key with it."""
+    account_key = normalise_email(user.email)
+    throttle.check(session, [("account", account_key), ("ip", ip or "")], now)
+    if user.password_hash is None:
+        raise PasswordNotSet("this account has no password; set one with password reset first")
+    return passwords.verify_password(user.password_hash, password), account_key
+
+
 def verify_email(uow: UnitOfWork, token: str, password: str, ip: str | None = None) -> None:
     """Confirm the registration whose link this is: its password, name and username become the account's.
 
@@ -477,8 +493,7 @@ def verify_email(uow: UnitOfWork, token: str, password: str, ip: str | None = No
             or normalise_email(user.email) != normalise_email(row.email)
             or user.email_verified  # a verified account is never registered over
         ):
-            throttle.record_failure(session, "account", account_key, now)
-            throttle.record_failure(session, "ip", ip, now)
+            _count_failed_attempt(session, account_key, ip, now)
             uow.commit()
             raise InvalidToken("this link is invalid or has expired")
         assert row.password_hash is not None  # verify_password accepts no missing hash
@@ -561,8 +576,7 @@ def _login(uow: UnitOfWork, email: str, password: str, client: ClientInfo) -> To
             # An unverified account is refused like a wrong password, and counted like one.
             if user is not None and ok and pending is not None and _may_be_mailed(user):
                 outgoing = _resend_registration_mail(session, user, pending, now)
-            throttle.record_failure(session, "account", account_key, now)
-            throttle.record_failure(session, "ip", client.ip, now)
+            _count_failed_attempt(session, account_key, client.ip, now)
         uow.commit()
     if outgoing is not None:
         send_mail(uow, outgoing)
@@ -708,8 +722,7 @@ def login_two_factor(uow: UnitOfWork, challenge_id: uuid.UUID, code: str, client
         matched = _code_matches(session, user, challenge, code.strip(), now)
         if matched is None:
             challenge.attempts += 1
-            throttle.record_failure(session, "account", account_key, now)
-            throttle.record_failure(session, "ip", client.ip, now)
+            _count_failed_attempt(session, account_key, client.ip, now)
             locked = challenge.attempts >= settings.two_factor_max_attempts
             if locked:
                 challenge.locked_at = now
@@ -876,11 +889,7 @@ def reauthenticate(uow: UnitOfWork, caller: Caller, password: str, code: str | N
         session = uow.session
         user = _user(session, caller.user_id, lock=True)
         ensure_active(user)
-        account_key = normalise_email(user.email)
-        throttle.check(session, [("account", account_key), ("ip", ip or "")], now)
-        if user.password_hash is None:
-            raise PasswordNotSet("this account has no password; set one with password reset first")
-        ok = passwords.verify_password(user.password_hash, password)
+        ok, account_key = _password_matches(session, user, password, ip, now)
         if ok and user.two_factor_enabled and user.two_factor_method == "email" and not code:
             challenge, mailed = _open_challenge(session, user, ClientInfo(ip=ip), now)
             outgoing = mails.two_factor_code(user.email, user.id, mailed, challenge.id) if mailed else None
@@ -892,8 +901,7 @@ def reauthenticate(uow: UnitOfWork, caller: Caller, password: str, code: str | N
         if ok and user.two_factor_enabled:
             second = _second_factor_for_step_up(session, user, (code or "").strip(), now)
         if not ok or second is None:
-            throttle.record_failure(session, "account", account_key, now)
-            throttle.record_failure(session, "ip", ip, now)
+            _count_failed_attempt(session, account_key, ip, now)
             uow.commit()
             if not ok:
                 raise InvalidCredentials("the password is wrong")
@@ -1027,13 +1035,9 @@ def change_password(
         session = uow.session
         user = _user(session, caller.user_id, lock=True)
         ensure_active(user)
-        account_key = normalise_email(user.email)
-        throttle.check(session, [("account", account_key), ("ip", ip or "")], now)
-        if user.password_hash is None:
-            raise PasswordNotSet("this account has no password yet; use password reset to set one")
-        if not passwords.verify_password(user.password_hash, current_password):
-            throttle.record_failure(session, "account", account_key, now)
-            throttle.record_failure(session, "ip", ip, now)
+        matches, account_key = _password_matches(session, user, current_password, ip, now)
+        if not matches:
+            _count_failed_attempt(session, account_key, ip, now)
             uow.commit()
             raise InvalidCredentials("the current password is wrong")
         passwords.check_password_policy(new_password, email=user.email)
@@ -1203,13 +1207,9 @@ def disable_two_factor(uow: UnitOfWork, caller: Caller, password: str, ip: str |
     with uow:
         session = uow.session
         user = _user(session, caller.user_id, lock=True)
-        account_key = normalise_email(user.email)
-        throttle.check(session, [("account", account_key), ("ip", ip or "")], now)
-        if user.password_hash is None:
-            raise PasswordNotSet("this account has no password; set one with password reset first")
-        if not passwords.verify_password(user.password_hash, password):
-            throttle.record_failure(session, "account", account_key, now)
-            throttle.record_failure(session, "ip", ip, now)
+        matches, account_key = _password_matches(session, user, password, ip, now)
+        if not matches:
+            _count_failed_attempt(session, account_key, ip, now)
             uow.commit()
             raise InvalidCredentials("the password is wrong")
         was_on = user.two_factor_enabled
