@@ -238,7 +238,7 @@ def test_a_failing_late_claw_back_rolls_the_purchase_back_and_the_retry_applies_
 def _pause_the_refund_at_its_holder_look_up(monkeypatch: Any, call: int) -> tuple[threading.Event, threading.Event]:
     """Stop the thread named `refund` right after its `call`-th look-up of the refunded purchase (1: before it
     takes the reversal lock, 2: holding it). Returns (paused, resume)."""
-    from tollgate.payments import stripe_events
+    from tollgate.services.payment_events import stripe_events
 
     paused, resume = threading.Event(), threading.Event()
     real = stripe_events._charge_holder

@@ -252,7 +252,7 @@ def test_a_failure_after_the_grant_rolls_everything_back_and_the_retry_applies_o
 
 
 def test_a_handler_crash_answers_5xx_so_stripe_retries(db, payments_env, catalogue, buyer, monkeypatch):
-    from tollgate.payments import stripe_events
+    from tollgate.services.payment_events import stripe_events
 
     def boom(*a, **k):
         raise RuntimeError("bug")

@@ -12,7 +12,6 @@ from decimal import Decimal
 import pytest
 
 from tollgate.errors import ConfigurationError, InvalidSignature
-from tollgate.payments.handling import reversal_target
 from tollgate.payments.money import to_major, to_minor
 from tollgate.payments.signatures import (
     lemonsqueezy_event_id,
@@ -21,6 +20,7 @@ from tollgate.payments.signatures import (
     verify_lemonsqueezy,
     verify_stripe,
 )
+from tollgate.services.payment_events.handling import reversal_target
 from tollgate_local.webhooks_cli import clerk_headers, stripe_signature
 
 

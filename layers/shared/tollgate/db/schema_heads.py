@@ -9,7 +9,7 @@ SCHEMA_HEADS: tuple[str, ...] = (
     "0004_rag",
     "0006_jobs",
     "0008_auth_hardening",
-    "0011_invoice_payment_intent",
+    "0012_billing_sources",
 )
 # Every revision this code knows: one outside it means the schema is newer than the code.
 SCHEMA_REVISIONS: tuple[str, ...] = (
@@ -24,4 +24,5 @@ SCHEMA_REVISIONS: tuple[str, ...] = (
     "0009_ledger_defaults",
     "0010_webhook_early_reversals",
     "0011_invoice_payment_intent",
+    "0012_billing_sources",
 )

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from tollgate.jobs.periods import hourly
 from tollgate.jobs.runner import BatchJob
-from tollgate.payments.handling import ENTITLED
+from tollgate.payments.statuses import ENTITLED
 
 
 def has_entitling_subscription(user_column: str) -> str:

@@ -32,7 +32,7 @@ from tollgate.db.base import Base, CreatedAt, UpdatedAt, UUIDPk
 
 MONEY = Numeric(14, 3)
 CREDITS = Numeric(18, 4)
-PROVIDERS = "provider IN ('stripe', 'lemonsqueezy')"
+PROVIDERS = "provider IN ('stripe', 'lemonsqueezy', 'clerk', 'asaas', 'manual')"
 
 
 def _json_object() -> Any:
@@ -51,7 +51,7 @@ class WebhookEvent(Base):
         Index("ix_webhook_events_event_id", "event_id"),
         # Early reversals (a refund stored before its purchase) are looked up among the ignored events only.
         Index("ix_webhook_events_ignored", "provider", "type", postgresql_where=text("status = 'ignored'")),
-        CheckConstraint("provider IN ('stripe', 'lemonsqueezy', 'clerk')", name="provider"),
+        CheckConstraint("provider IN ('stripe', 'lemonsqueezy', 'clerk', 'asaas')", name="provider"),
         CheckConstraint("status IN ('processing', 'processed', 'ignored', 'rejected', 'failed')", name="status"),
     )
 

@@ -59,6 +59,7 @@ class User(Base):
     clerk_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     lemonsqueezy_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    asaas_customer_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     tier: Mapped[str] = mapped_column(String(32), default="FREE", server_default="FREE")
     trial_started_at: Mapped[datetime | None]
     trial_ends_at: Mapped[datetime | None]

@@ -1,6 +1,4 @@
-"""Payments: provider adapters (Stripe, Lemon Squeezy), webhook signature checks, and the event handlers that
-turn verified provider events into purchases, subscriptions, invoices and ledger grants.
-
-Services (`tollgate.services.billing`, `tollgate.services.webhooks`) are the entry points; nothing here
-commits a transaction.
+"""Payments below the services: provider adapters (Stripe, Lemon Squeezy), webhook signature checks, money
+conversion and what providers' statuses mean. Nothing here touches the database or imports a service; the event
+handlers live in `tollgate.services.payment_events`.
 """

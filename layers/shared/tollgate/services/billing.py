@@ -30,8 +30,8 @@ from tollgate.models.payments import Invoice, Purchase, Subscription
 from tollgate.models.users import User
 from tollgate.pagination import Page, keyset_page
 from tollgate.payments import adapters
-from tollgate.payments.handling import ENTITLED
 from tollgate.payments.money import to_minor
+from tollgate.payments.statuses import ENTITLED
 
 Provider = Literal["stripe", "lemonsqueezy"]
 ItemKind = Literal["pack", "plan"]

@@ -41,9 +41,9 @@ from tollgate.errors import (
     WebhookProcessingFailed,
 )
 from tollgate.observability import logger
-from tollgate.payments.handling import Ctx, Outcome
 from tollgate.payments.signatures import VerifiedEvent, parse_time, verify_clerk, verify_lemonsqueezy, verify_stripe
 from tollgate.services.authz import require_role
+from tollgate.services.payment_events.handling import Ctx, Outcome
 
 PROVIDERS = ("stripe", "lemonsqueezy", "clerk")
 DONE = frozenset({"processed", "ignored", "rejected"})
@@ -79,14 +79,14 @@ def verify(provider: str, raw: bytes, headers: Mapping[str, str]) -> VerifiedEve
 
 def _dispatch(ctx: Ctx, payload: dict[str, Any]) -> Outcome:
     if ctx.provider == "stripe":
-        from tollgate.payments import stripe_events
+        from tollgate.services.payment_events import stripe_events
 
         return stripe_events.handle(ctx, payload)
     if ctx.provider == "lemonsqueezy":
-        from tollgate.payments import lemonsqueezy_events
+        from tollgate.services.payment_events import lemonsqueezy_events
 
         return lemonsqueezy_events.handle(ctx, payload)
-    from tollgate.payments import clerk_events
+    from tollgate.services.payment_events import clerk_events
 
     return clerk_events.handle(ctx, payload)
 

@@ -33,7 +33,9 @@ from tollgate.models.payments import (
 )
 from tollgate.models.users import User
 from tollgate.payments import adapters
-from tollgate.payments.handling import (
+from tollgate.payments.money import to_major, to_minor
+from tollgate.payments.signatures import parse_time
+from tollgate.services.payment_events.handling import (
     BilledLine,
     Ctx,
     NotYetApplicable,
@@ -54,8 +56,6 @@ from tollgate.payments.handling import (
     user_by_customer,
     user_by_id,
 )
-from tollgate.payments.money import to_major, to_minor
-from tollgate.payments.signatures import parse_time
 
 PROVIDER = "stripe"
 Handler = Callable[[Ctx, dict[str, Any], dict[str, Any]], Outcome]

@@ -31,23 +31,11 @@ from tollgate import ledger
 from tollgate.models.credits import CreditPack, Plan
 from tollgate.models.payments import Invoice, Purchase, Refund, Subscription, SubscriptionEvent
 from tollgate.models.users import User
+from tollgate.payments.statuses import ENTITLED, TERMINAL, TRIALING
 from tollgate.services.accounts import unlock_after_payment
 
 CREDIT_SCALE = Decimal("0.0001")
 FREE_TIER = "FREE"
-
-# Statuses that give the user the plan's tier. Stripe: past_due keeps access while Stripe retries the payment.
-# Lemon Squeezy: `cancelled` runs to the end of the paid period (`ends_at`), then becomes `expired`.
-ENTITLED = {
-    "stripe": frozenset({"active", "trialing", "past_due"}),
-    "lemonsqueezy": frozenset({"active", "on_trial", "past_due", "cancelled"}),
-}
-TRIALING = frozenset({"trialing", "on_trial"})
-# Statuses a subscription never leaves, whatever arrives later.
-TERMINAL = {
-    "stripe": frozenset({"canceled", "incomplete_expired"}),
-    "lemonsqueezy": frozenset({"expired"}),
-}
 
 
 class NotYetApplicable(Exception):

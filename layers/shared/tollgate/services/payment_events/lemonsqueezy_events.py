@@ -11,7 +11,9 @@ from tollgate.db.base import new_id
 from tollgate.models.credits import Plan
 from tollgate.models.payments import Invoice, Purchase
 from tollgate.models.users import User
-from tollgate.payments.handling import (
+from tollgate.payments.money import to_major, to_minor
+from tollgate.payments.signatures import parse_time
+from tollgate.services.payment_events.handling import (
     Ctx,
     NotYetApplicable,
     Outcome,
@@ -30,8 +32,6 @@ from tollgate.payments.handling import (
     user_by_customer,
     user_by_id,
 )
-from tollgate.payments.money import to_major, to_minor
-from tollgate.payments.signatures import parse_time
 
 PROVIDER = "lemonsqueezy"
 Handler = Callable[[Ctx, dict[str, Any], dict[str, Any], dict[str, Any]], Outcome]

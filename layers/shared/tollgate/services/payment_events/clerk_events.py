@@ -20,8 +20,8 @@ from tollgate import ledger
 from tollgate.config import get_settings
 from tollgate.models.auth import ApiKey, AuthSession
 from tollgate.models.users import User
-from tollgate.payments.handling import Ctx, Outcome
 from tollgate.payments.signatures import parse_time
+from tollgate.services.payment_events.handling import Ctx, Outcome
 
 
 def _primary_email(data: dict[str, Any]) -> tuple[str | None, bool]:
