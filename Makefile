@@ -36,9 +36,12 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy layers/shared local functions migrations tests bench
 
+# checkov skips only what .checkov.yaml lists, each with its reason; cfn-lint's ignores (with theirs) are in the
+# template's Metadata.
 template: $(TOOLS)/bin/.installed
 	$(TOOLS)/bin/sam validate --lint --template template.yaml
-	$(TOOLS)/bin/cfn-lint template.yaml
+	$(TOOLS)/bin/cfn-lint --include-checks I -- template.yaml
+	$(TOOLS)/bin/checkov --config-file .checkov.yaml
 
 unit: $(BIN)/.installed browser-if-possible
 	$(BIN)/pytest
@@ -57,9 +60,11 @@ unit-production: $(BIN)/.installed
 		echo "unit-production SKIPPED: PgBouncer cannot be installed here (reason above)"; \
 	fi
 
+# The deploy artifacts (python3.13 on arm64, whatever Python builds them; lambda_build/Makefile), then their sizes.
+# TOLLGATE_BUILD_TARGET=native builds them for this machine's Python instead (what tests/packaging imports).
 build: $(TOOLS)/bin/.installed
 	$(TOOLS)/bin/sam build --template template.yaml
-	$(PYTHON) local/tollgate_local/layer.py .aws-sam/build/SharedLayer
+	$(PYTHON) local/tollgate_local/layer.py sizes .aws-sam/build
 
 .PHONY: browser browser-if-possible newcomer
 

@@ -1,10 +1,11 @@
-"""Local stand-ins for the Stripe and Lemon Squeezy HTTP APIs (stdlib http.server on 127.0.0.1).
+"""Local stand-ins for the Stripe, Lemon Squeezy and Asaas HTTP APIs (stdlib http.server on 127.0.0.1).
 
 They speak the providers' wire formats for the calls Tollgate makes: Stripe's form-encoded requests with bearer
 secret keys and JSON answers (`/v1/checkout/sessions`, `/v1/checkout/sessions/{id}/line_items`,
 `/v1/billing_portal/sessions`, `GET /v1/events` for reconciliation, Stripe-style error bodies), and Lemon Squeezy's
 JSON:API (`POST /v1/checkouts`, `GET /v1/orders`, `/v1/subscriptions`, `/v1/subscription-invoices`,
-with `application/vnd.api+json`).
+with `application/vnd.api+json`), and Asaas's API v3 (`/v3/customers`, `/v3/payments`, `/v3/subscriptions`, JSON with
+the `access_token` header, `{"errors": [{"code", "description"}]}` error bodies).
 Every request is recorded for the tests to inspect.
 """
 
@@ -14,6 +15,7 @@ import json
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -49,6 +51,8 @@ class StandIn:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.failures: list[int] = []  # answer the next requests with these HTTP statuses, one each
+        # Called with each request as it arrives, before it is answered (e.g. to look at the caller's database).
+        self.on_request: Callable[[Recorded], None] | None = None
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,6 +72,8 @@ class StandIn:
                 body = self.rfile.read(length) if length else b""
                 rec = Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 owner.requests.append(rec)
+                if owner.on_request is not None:
+                    owner.on_request(rec)
                 if owner.failures:
                     status = owner.failures.pop(0)
                     self._answer(status, owner.error_body(status, "injected failure"))
@@ -306,3 +312,168 @@ class LemonSqueezyStandIn(StandIn):
             }
             return 201, answer, self.JSONAPI
         return 404, self.error_body(404, "Not Found"), self.JSONAPI
+
+
+class AsaasStandIn(StandIn):
+    """The Asaas API v3 calls Tollgate makes (JSON, `access_token` header, `User-Agent` required): customers,
+    payments and subscriptions (create, list by `externalReference`), a subscription's payments, and the payment
+    list by `paymentDate[ge]` / `dateCreated[ge]` with `offset`/`limit` (`{"object": "list", "hasMore", ...}`).
+    Errors answer `{"errors": [{"code", "description"}]}`. Asaas answers newest first; so does this."""
+
+    def __init__(self, api_key: str = "$aact_hmlg_standin_key") -> None:
+        super().__init__()
+        self.api_key = api_key
+        self.customers: dict[str, dict[str, Any]] = {}
+        self.payments: dict[str, dict[str, Any]] = {}
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self._serial = 0
+
+    @property
+    def api_base(self) -> str:
+        return self.base_url + "/v3"
+
+    def _id(self, prefix: str) -> str:
+        self._serial += 1
+        return f"{prefix}_{self._serial:012d}"
+
+    def error_body(self, status: int, message: str) -> Any:
+        return {"errors": [{"code": "invalid_action" if status == 400 else str(status), "description": message}]}
+
+    @staticmethod
+    def _fail(code: str, description: str) -> tuple[int, Any, str]:
+        return 400, {"errors": [{"code": code, "description": description}]}, "application/json"
+
+    def _list(self, items: list[dict[str, Any]], query: dict[str, str]) -> tuple[int, Any, str]:
+        try:
+            offset, limit = int(query.get("offset") or 0), int(query.get("limit") or 10)
+        except ValueError:
+            return 400, self.error_body(400, "offset/limit inválidos"), "application/json"
+        if not 1 <= limit <= 100:
+            return 400, self.error_body(400, "O limite deve ser de 1 a 100"), "application/json"
+        ordered = sorted(items, key=lambda i: (i.get("dateCreated") or "", i["id"]), reverse=True)
+        page = ordered[offset : offset + limit]
+        answer = {"object": "list", "hasMore": offset + limit < len(ordered), "totalCount": len(ordered),
+                  "limit": limit, "offset": offset, "data": page}  # fmt: skip
+        return 200, answer, "application/json"
+
+    @staticmethod
+    def _matches(item: dict[str, Any], query: dict[str, str]) -> bool:
+        for key, wanted in query.items():
+            if key in {"offset", "limit"}:
+                continue
+            if key.endswith("[ge]"):
+                if not item.get(key[:-4]) or str(item[key[:-4]]) < wanted:
+                    return False
+            elif str(item.get(key)) != wanted:
+                return False
+        return True
+
+    def new_payment(self, customer: str, value: float, due: str, **fields: Any) -> dict[str, Any]:
+        payment_id = self._id("pay")
+        payment = {
+            "object": "payment", "id": payment_id, "dateCreated": fields.pop("dateCreated", due),
+            "customer": customer, "subscription": None, "installment": None, "paymentLink": None, "value": value,
+            "netValue": round(value * 0.97, 2), "originalValue": None, "interestValue": None,
+            "description": fields.pop("description", None), "billingType": fields.pop("billingType", "UNDEFINED"),
+            "status": "PENDING", "dueDate": due, "originalDueDate": due, "confirmedDate": None, "paymentDate": None,
+            "clientPaymentDate": None, "invoiceUrl": f"{self.base_url}/i/{payment_id[4:]}",
+            "invoiceNumber": f"{self._serial:08d}", "externalReference": fields.pop("externalReference", None),
+            "deleted": False, "anticipated": False, "anticipable": False, "refunds": None, "chargeback": None,
+            **fields,
+        }  # fmt: skip
+        self.payments[payment_id] = payment
+        return payment
+
+    def settle(self, payment_id: str, status: str = "RECEIVED", on: str = "2026-12-01") -> dict[str, Any]:
+        """The buyer paid (CONFIRMED: card confirmed; RECEIVED: money in)."""
+        payment = self.payments[payment_id]
+        payment["status"] = status
+        payment["confirmedDate"] = payment["confirmedDate"] or on
+        if status == "RECEIVED":
+            payment["paymentDate"] = payment["clientPaymentDate"] = on
+        return payment
+
+    def refund(self, payment_id: str, value: float | None = None) -> dict[str, Any]:
+        """A refund of `value` (default: all that is left); REFUNDED once nothing is left."""
+        payment = self.payments[payment_id]
+        refunds = payment["refunds"] = list(payment["refunds"] or [])
+        left = round(payment["value"] - sum(r["value"] for r in refunds), 2)
+        step = left if value is None else value
+        refunds.append({"dateCreated": "2026-12-02 10:00:00", "status": "DONE", "value": step,
+                        "description": None, "transactionReceiptUrl": None})  # fmt: skip
+        if round(left - step, 2) <= 0:
+            payment["status"] = "REFUNDED"
+        return payment
+
+    def event(self, name: str, obj: dict[str, Any], *, at: str = "2026-12-01 12:00:00") -> dict[str, Any]:
+        """The webhook body Asaas sends for `obj` as it is now."""
+        key = "subscription" if name.startswith("SUBSCRIPTION_") else "payment"
+        return {"id": f"evt_{uuid.uuid4().hex}&{self._serial}", "event": name, "dateCreated": at,
+                "account": {"id": "47ed0d25-f9fb-4b35-b23a-d8895caf92b7", "ownerId": None},
+                key: json.loads(json.dumps(obj))}  # fmt: skip
+
+    def route(self, rec: Recorded) -> tuple[int, Any, str]:
+        ctype = "application/json"
+        if rec.headers.get("access_token") != self.api_key:
+            return 401, self.error_body(401, "A chave de API fornecida é inválida"), ctype
+        if not rec.headers.get("user-agent"):
+            return 400, self.error_body(400, "O header User-Agent é obrigatório"), ctype
+        split = urlsplit(rec.path)
+        path, query = split.path, dict(parse_qsl(split.query, keep_blank_values=True))
+        if rec.method == "POST":
+            try:
+                rec.json = json.loads(rec.body or b"{}")
+            except ValueError:
+                return 400, self.error_body(400, "JSON inválido"), ctype
+        body = rec.json or {}
+        if path == "/v3/customers":
+            if rec.method == "GET":
+                return self._list([c for c in self.customers.values() if self._matches(c, query)], query)
+            if not body.get("name") or not body.get("cpfCnpj"):
+                return self._fail("invalid_cpfCnpj", "O CPF/CNPJ informado é inválido.")
+            customer_id = self._id("cus")
+            customer = {"object": "customer", "id": customer_id, "dateCreated": "2026-12-01", "deleted": False,
+                        "name": body["name"], "email": body.get("email"), "cpfCnpj": body["cpfCnpj"],
+                        "externalReference": body.get("externalReference")}  # fmt: skip
+            self.customers[customer_id] = customer
+            return 200, customer, ctype
+        if path == "/v3/payments":
+            if rec.method == "GET":
+                return self._list([p for p in self.payments.values() if self._matches(p, query)], query)
+            if body.get("customer") not in self.customers:
+                return self._fail("invalid_customer", "Cliente inválido ou não informado.")
+            if not body.get("billingType") or not body.get("value") or not body.get("dueDate"):
+                return 400, self.error_body(400, "billingType, value e dueDate são obrigatórios"), ctype
+            payment = self.new_payment(
+                body["customer"], float(body["value"]), body["dueDate"], billingType=body["billingType"],
+                description=body.get("description"), externalReference=body.get("externalReference"),
+                dateCreated="2026-12-01",
+            )  # fmt: skip
+            return 200, payment, ctype
+        if path == "/v3/subscriptions":
+            if rec.method == "GET":
+                return self._list([s for s in self.subscriptions.values() if self._matches(s, query)], query)
+            if body.get("customer") not in self.customers:
+                return self._fail("invalid_customer", "Cliente inválido ou não informado.")
+            if body.get("cycle") not in {"WEEKLY", "BIWEEKLY", "MONTHLY", "BIMONTHLY", "QUARTERLY", "SEMIANNUALLY",
+                                         "YEARLY"} or not body.get("value") or not body.get("nextDueDate"):  # fmt: skip
+                return 400, self.error_body(400, "cycle, value e nextDueDate são obrigatórios"), ctype
+            sub_id = self._id("sub")
+            sub = {"object": "subscription", "id": sub_id, "dateCreated": "01/12/2026", "customer": body["customer"],
+                   "paymentLink": None, "value": float(body["value"]), "nextDueDate": body["nextDueDate"],
+                   "cycle": body["cycle"], "description": body.get("description"),
+                   "billingType": body.get("billingType") or "UNDEFINED", "deleted": False, "status": "ACTIVE",
+                   "externalReference": body.get("externalReference")}  # fmt: skip
+            self.subscriptions[sub_id] = sub
+            # Asaas makes the first charge at once, due on nextDueDate.
+            self.new_payment(body["customer"], float(body["value"]), body["nextDueDate"], subscription=sub_id,
+                             billingType=sub["billingType"], description=body.get("description"),
+                             dateCreated="2026-12-01")  # fmt: skip
+            return 200, sub, ctype
+        match = re.fullmatch(r"/v3/subscriptions/([^/]+)/payments", path)
+        if match and rec.method == "GET":
+            if match.group(1) not in self.subscriptions:
+                return 404, self.error_body(404, "Assinatura não encontrada"), ctype
+            charges = [p for p in self.payments.values() if p.get("subscription") == match.group(1)]
+            return self._list(charges, query)
+        return 404, self.error_body(404, "Not Found"), ctype

@@ -33,6 +33,8 @@ LOCAL_FILLS_REASONS = {
     "DB_HOST": "the RDS Proxy endpoint: the local PgBouncer",
     "DB_PORT": "PgBouncer listens on a free port (parallel runs on one machine must not collide)",
     "TOLLGATE_SECRETS_ARN": "no Secrets Manager here: the secret's values come from the environment",
+    "TOLLGATE_SECRETS_ARNS": "no Secrets Manager here: the secrets' values come from the environment",
+    "APP_URL": "a required parameter (the front end); unset, mailed links open the local gateway's pages",
 }
 
 # Tests that by nature cannot run through a pooler are skipped in the production tier with their reason: those
@@ -155,7 +157,11 @@ def start_production_tier(pg_server: Any, backend_database: str) -> ProductionTi
         run_as=getattr(pg_server, "system_user", None),
     ).start()
     atexit.register(bouncer.stop)  # also when the session ends without its fixtures' teardown
-    fills: dict[str, str | None] = {"DB_HOST": bouncer.host, "DB_PORT": str(bouncer.port), "TOLLGATE_SECRETS_ARN": None}
+    fills: dict[str, str | None] = {
+        **{name: None for name in LOCAL_FILLS_REASONS},
+        "DB_HOST": bouncer.host,
+        "DB_PORT": str(bouncer.port),
+    }
     environment = template_environment(template, fills=fills)
     for name, value in {**LAMBDA_RUNTIME_ENVIRONMENT, **environment}.items():
         if value is None:

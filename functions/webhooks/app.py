@@ -1,6 +1,7 @@
 """Billing and provider webhooks: checkout, the customer portal, subscription/purchase/invoice history, the
-Stripe / Lemon Squeezy / Clerk webhook receivers (public, signature-checked), and the admin replay of a stored
-event. Each route validates its input, calls one service function and returns a typed response."""
+Stripe / Lemon Squeezy / Clerk webhook receivers (public, signature-checked), the admin replay of a stored
+event, and admins' manual plans. Each route validates its input, calls one service function and returns a typed
+response."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Literal
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, Field, HttpUrl
+from pydantic import AwareDatetime, BaseModel, Field, HttpUrl
 
 from tollgate.db import UnitOfWork
 from tollgate.errors import BadRequest
@@ -20,19 +21,26 @@ from tollgate.http.api import create_app, current_principal
 from tollgate.http.edge import Cursor, Limit, idempotency_key
 from tollgate.models.payments import Invoice, Purchase
 from tollgate.observability import logger, metrics, tracer
-from tollgate.services import billing, webhooks
+from tollgate.services import billing, manual_plans, webhooks
+from tollgate.services.credits_admin import Actor
 
 app = create_app("webhooks")
 
 
 # --- bodies and answers ----------------------------------------------------------------------------------------
 class CheckoutIn(BaseModel):
-    provider: Literal["stripe", "lemonsqueezy"]
+    provider: Literal["stripe", "lemonsqueezy", "asaas"]
     kind: Literal["pack", "plan"]
     item_id: uuid.UUID
     success_url: HttpUrl
     cancel_url: HttpUrl
     interval: Literal["month", "year"] = "month"
+    tax_id: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Asaas only: the buyer's CPF or CNPJ, required on the first Asaas checkout (Asaas charges "
+        "only customers that have one); Tollgate passes it to Asaas and does not store it",
+    )
 
 
 class CheckoutOut(BaseModel):
@@ -125,6 +133,27 @@ class ReplayOut(WebhookOut):
     detail: dict[str, Any]
 
 
+class ManualPlanIn(BaseModel):
+    plan_id: uuid.UUID
+    interval: Literal["month", "year"]
+    until: AwareDatetime | None = Field(default=None, description="the plan ends then (ISO 8601 with offset)")
+
+
+class ManualPlanOut(BaseModel):
+    subscription_id: uuid.UUID
+    user_id: uuid.UUID
+    plan_id: uuid.UUID | None
+    tier: str | None
+    interval: str | None
+    status: str
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    until: datetime | None
+    user_tier: str = Field(description="the user's tier after the change")
+    credits_granted: Decimal = Field(description="allowance granted by this call (0 when nothing changed)")
+    changed: bool
+
+
 # --- edge helpers ----------------------------------------------------------------------------------------------
 def _raw_body() -> bytes:
     event = app.current_event.raw_event
@@ -168,12 +197,12 @@ def _invoice_out(i: Invoice) -> InvoiceOut:
 
 
 # --- billing (user) --------------------------------------------------------------------------------------------
-@app.post("/billing/checkout", summary="Start a Stripe or Lemon Squeezy checkout for a pack or a plan")
+@app.post("/billing/checkout", summary="Start a Stripe, Lemon Squeezy or Asaas checkout for a pack or a plan")
 def checkout(body: CheckoutIn) -> CheckoutOut:
     result = billing.create_checkout(
         UnitOfWork(), current_principal(app).user_id, provider=body.provider, kind=body.kind, item_id=body.item_id,
         success_url=str(body.success_url), cancel_url=str(body.cancel_url), interval=body.interval,
-        idempotency_key=idempotency_key(app),
+        idempotency_key=idempotency_key(app), tax_id=body.tax_id,
     )  # fmt: skip
     return CheckoutOut(url=result.url, provider=result.provider, session_id=result.session_id)
 
@@ -230,7 +259,39 @@ def clerk_webhook() -> WebhookOut:
     return _receive("clerk")
 
 
+@app.post("/webhooks/asaas", summary="Asaas events (asaas-access-token header)")
+def asaas_webhook() -> WebhookOut:
+    return _receive("asaas")
+
+
 # --- admin -----------------------------------------------------------------------------------------------------
+def _actor() -> Actor:
+    principal = current_principal(app)
+    return Actor(user_id=principal.user_id, role=principal.role)
+
+
+def _manual_out(view: manual_plans.ManualPlan) -> ManualPlanOut:
+    return ManualPlanOut(
+        subscription_id=view.subscription_id, user_id=view.user_id, plan_id=view.plan_id, tier=view.tier,
+        interval=view.interval, status=view.status, current_period_start=view.current_period_start,
+        current_period_end=view.current_period_end, until=view.until, user_tier=view.user_tier,
+        credits_granted=view.credits_granted, changed=view.changed,
+    )  # fmt: skip
+
+
+@app.put("/admin/users/<user_id>/plan", summary="Give a user a plan by hand (billing source manual)")
+def assign_manual_plan(user_id: uuid.UUID, body: ManualPlanIn) -> ManualPlanOut:
+    view = manual_plans.assign_plan(
+        UnitOfWork(), _actor(), user_id, plan_id=body.plan_id, interval=body.interval, until=body.until
+    )
+    return _manual_out(view)
+
+
+@app.delete("/admin/users/<user_id>/plan", summary="End a user's manual plan (nothing is clawed back)")
+def end_manual_plan(user_id: uuid.UUID) -> ManualPlanOut:
+    return _manual_out(manual_plans.end_plan(UnitOfWork(), _actor(), user_id))
+
+
 @app.post("/admin/webhooks/<event_id>/replay", summary="Re-apply a stored webhook event")
 def replay(event_id: str) -> ReplayOut:
     principal = current_principal(app)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tollgate_local import local_pages
+from tollgate_local import local_files, local_pages
 from tollgate_local.events import (
     HttpRequest,
     HttpResponse,
@@ -70,6 +70,9 @@ class Gateway:
         return HttpResponse(403, JSON_HEADERS, b'{"message":"Forbidden"}')
 
     def handle(self, request: HttpRequest) -> HttpResponse:
+        files = local_files.serve(request)  # the local file store's signed upload and download URLs
+        if files is not None:
+            return files
         page = local_pages.serve(self, request)  # /docs, /openapi.json and the dev-only /_local/* pages
         if page is not None:
             return page

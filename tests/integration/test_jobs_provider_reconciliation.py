@@ -105,7 +105,7 @@ def test_a_stripe_checkout_whose_webhook_never_arrived_is_granted_once(db, strip
     # When the job runs
     first = run(db, now)
     # Then the checkout is applied once, and Lemon Squeezy (no API key) is skipped, not an error
-    assert first.complete and first.stats == {"stripe_events_applied": 1, "providers_skipped": 1}
+    assert first.complete and first.stats == {"stripe_events_applied": 1, "providers_skipped": 2}
     assert balance(db, buyer) == Decimal("100")
     listed = [r for r in stripe_api.requests if r.path.startswith("/v1/events")]
     assert "delivery_success=false" in listed[0].path and "created%5Bgte%5D=" in listed[0].path
@@ -115,7 +115,7 @@ def test_a_stripe_checkout_whose_webhook_never_arrived_is_granted_once(db, strip
     late_webhook = send_stripe(event)
     # Then nothing more happens: one grant, one purchase
     assert again.already_complete and again.stats == {}
-    assert later.stats == {"already_known": 1, "providers_skipped": 1}
+    assert later.stats == {"already_known": 1, "providers_skipped": 2}
     assert late_webhook.status == 200 and late_webhook.json["duplicate"] is True
     assert balance(db, buyer) == Decimal("100")
     assert count(db, "credit_grants", "user_id = :u AND kind = 'purchase'", u=buyer) == 1
@@ -130,7 +130,7 @@ def test_an_event_already_received_by_webhook_is_not_applied_twice(db, stripe_ap
     # When the job runs
     report = run(db, soon())
     # Then it is known already and the pack is granted once
-    assert report.stats == {"already_known": 1, "providers_skipped": 1}
+    assert report.stats == {"already_known": 1, "providers_skipped": 2}
     assert balance(db, buyer) == Decimal("100")
     assert count(db, "webhook_events") == 1
 
@@ -147,7 +147,7 @@ def test_an_event_that_cannot_be_applied_yet_is_counted_failed_and_kept_for_repl
     # When the job runs
     report = run(db, soon())
     # Then the orphan is counted failed and stored for replay, and the checkout is still applied
-    assert report.stats == {"failed": 1, "stripe_events_applied": 1, "providers_skipped": 1}
+    assert report.stats == {"failed": 1, "stripe_events_applied": 1, "providers_skipped": 2}
     assert count(db, "webhook_events", "status = 'failed' AND payload IS NOT NULL") == 1
     assert balance(db, buyer) == Decimal("100")
 
@@ -175,7 +175,7 @@ def test_many_undelivered_events_are_paged_and_a_run_cut_short_resumes(
     # Then it carries on from its cursor and every buyer has exactly one pack
     assert resumed.complete
     # (the page the cut run had applied after its last step is read again and found known)
-    assert resumed.stats == {"already_known": 2, "stripe_events_applied": 1, "providers_skipped": 1}
+    assert resumed.stats == {"already_known": 2, "stripe_events_applied": 1, "providers_skipped": 2}
     assert [balance(db, b) for b in buyers] == [Decimal("100")] * 5
     assert count(db, "credit_grants", "kind = 'purchase'") == 5
     afters = [r.path for r in stripe_api.requests if "starting_after" in r.path]
@@ -200,7 +200,7 @@ def test_a_lemonsqueezy_order_and_subscription_no_webhook_brought_are_applied(
     assert report.stats == {
         "lemonsqueezy_orders_applied": 1,
         "lemonsqueezy_subscriptions_applied": 1,
-        "providers_skipped": 1,
+        "providers_skipped": 2,
     }
     assert balance(db, user_id) == Decimal("100")
     assert tier_of(db, user_id) == "PRO"
@@ -213,7 +213,7 @@ def test_a_lemonsqueezy_order_and_subscription_no_webhook_brought_are_applied(
     later = run(db, now + timedelta(minutes=15))
     # Then both are duplicates: one grant, one subscription
     assert late.json["duplicate"] is True
-    assert later.stats == {"already_known": 2, "providers_skipped": 1}
+    assert later.stats == {"already_known": 2, "providers_skipped": 2}
     assert count(db, "credit_grants", "user_id = :u AND kind = 'purchase'", u=user_id) == 1
     assert count(db, "subscriptions") == 1
     assert ledger_is_consistent(db, user_id)
@@ -235,7 +235,7 @@ def test_a_subscription_change_no_webhook_brought_is_applied(
     # When the job runs
     report = run(db, datetime.now(UTC))
     # Then the change is applied and the user is on Business
-    assert report.stats == {"lemonsqueezy_subscriptions_applied": 1, "providers_skipped": 1}
+    assert report.stats == {"lemonsqueezy_subscriptions_applied": 1, "providers_skipped": 2}
     assert tier_of(db, user_id) == "BUSINESS"
     with db() as uow:
         row = uow.session.execute(text("SELECT provider_price_id, previous_price_id FROM subscriptions")).one()
@@ -253,7 +253,7 @@ def test_an_order_without_a_verified_buyer_is_unresolved_and_a_late_webhook_stil
     # When the job runs
     report = run(db, datetime.now(UTC))
     # Then it is counted unresolved and nothing is stored or granted
-    assert report.stats == {"unresolved": 1, "providers_skipped": 1}
+    assert report.stats == {"unresolved": 1, "providers_skipped": 2}
     assert balance(db, buyer) == 0
     assert count(db, "webhook_events") == 0
     # When the webhook arrives after all (its custom data names the buyer)
@@ -275,7 +275,7 @@ def test_recent_changes_are_left_to_their_webhook_and_old_orders_end_the_listing
     # When the job runs
     report = run(db, datetime.now(UTC))
     # Then neither is applied
-    assert report.stats == {"left_to_webhook": 1, "providers_skipped": 1}
+    assert report.stats == {"left_to_webhook": 1, "providers_skipped": 2}
     assert balance(db, user_id) == 0
 
 
@@ -292,7 +292,7 @@ def test_orders_of_a_plan_variant_and_unpaid_orders_are_not_granted(
     # When the job runs
     report = run(db, datetime.now(UTC))
     # Then both are ignored and nothing is granted
-    assert report.stats == {"ignored": 2, "providers_skipped": 1}
+    assert report.stats == {"ignored": 2, "providers_skipped": 2}
     assert balance(db, user_id) == 0
 
 
@@ -312,8 +312,8 @@ def test_a_refund_no_webhook_brought_claws_back_the_pack(
     now = datetime.now(UTC)
     first, second = run(db, now), run(db, now + timedelta(minutes=15))
     # Then the refund is applied once
-    assert first.stats == {"lemonsqueezy_orders_applied": 1, "providers_skipped": 1}
-    assert second.stats == {"already_known": 1, "providers_skipped": 1}
+    assert first.stats == {"lemonsqueezy_orders_applied": 1, "providers_skipped": 2}
+    assert second.stats == {"already_known": 1, "providers_skipped": 2}
     assert balance(db, user_id) == 0
     assert count(db, "refunds") == 1
 
@@ -344,8 +344,8 @@ def test_a_paid_renewal_no_webhook_brought_grants_the_allowance_once(
     now = datetime.now(UTC)
     first, second = run(db, now), run(db, now + timedelta(minutes=15))
     # Then the month's Pro allowance is granted once, and the stray invoice is left for an operator
-    assert first.stats == {"lemonsqueezy_invoices_applied": 1, "unresolved": 1, "providers_skipped": 1}
-    assert second.stats == {"already_known": 1, "unresolved": 1, "providers_skipped": 1}
+    assert first.stats == {"lemonsqueezy_invoices_applied": 1, "unresolved": 1, "providers_skipped": 2}
+    assert second.stats == {"already_known": 1, "unresolved": 1, "providers_skipped": 2}
     assert balance(db, user_id) == Decimal("1000")
     assert count(db, "invoices") == 1
     assert ledger_is_consistent(db, user_id)
@@ -395,6 +395,7 @@ def test_the_job_works_with_one_database_connection_as_in_lambda(
         "lemonsqueezy_orders_applied": 2,
         "lemonsqueezy_subscriptions_applied": 1,
         "lemonsqueezy_invoices_applied": 1,
+        "providers_skipped": 1,  # Asaas
     }
     # 100 (Stripe pack) + 100 (new order) + 100 - 100 (refunded order) + 1000 (Pro allowance)
     assert balance(db, user_id) == Decimal("1200")
@@ -415,7 +416,7 @@ def test_a_provider_api_failure_is_counted_and_the_other_provider_still_runs(
     report = run(db, datetime.now(UTC))
     # Then the Stripe failure is counted, and the Lemon Squeezy order is still applied
     assert report.complete
-    assert report.stats == {"provider_errors": 1, "lemonsqueezy_orders_applied": 1}
+    assert report.stats == {"provider_errors": 1, "lemonsqueezy_orders_applied": 1, "providers_skipped": 1}
     assert balance(db, user_id) == Decimal("100")
 
 
@@ -428,18 +429,18 @@ def test_a_lemonsqueezy_failure_does_not_stop_stripe(
     # When the job runs
     report = run(db, soon())
     # Then each Lemon Squeezy list failure is counted and the Stripe checkout is applied
-    assert report.stats == {"stripe_events_applied": 1, "provider_errors": 3}
+    assert report.stats == {"stripe_events_applied": 1, "provider_errors": 3, "providers_skipped": 1}
     assert balance(db, buyer) == Decimal("100")
 
 
 def test_unconfigured_providers_are_skipped_through_the_scheduled_handler(db, payments_env):
-    # Given no Stripe secret key and no Lemon Squeezy API key
+    # Given no Stripe secret key, no Lemon Squeezy API key and no Asaas API key
     # When the schedule invokes the job's Lambda handler
     gateway = project_gateway()
     schedule = gateway.template.schedules["ProviderReconciliation"]
     now = datetime(2026, 3, 1, 12, 2, tzinfo=UTC)
     result: dict[str, Any] = gateway.runner.invoke(schedule.function_id, scheduled_event(schedule, now))
-    # Then both are skipped, the run completes, and its period is the quarter hour
-    assert result["complete"] is True and result["stats"] == {"providers_skipped": 2}
+    # Then all three are skipped, the run completes, and its period is the quarter hour
+    assert result["complete"] is True and result["stats"] == {"providers_skipped": 3}
     assert result["period"] == "2026-03-01T12:00"
     assert schedule.expression == "cron(2/15 * * * ? *)"

@@ -1,7 +1,8 @@
 """One settings model for the whole backend, read once per process.
 
-Locally values come from the environment and `.env`; in AWS the provider credentials may also come from a
-Secrets Manager secret (a JSON object keyed by the same names) named by `TOLLGATE_SECRETS_ARN`.
+Locally values come from the environment and `.env`; in AWS the credentials may also come from Secrets Manager
+secrets (JSON objects keyed by the same names): those listed in `TOLLGATE_SECRETS_ARNS` (comma-separated, so each
+function reads only the secrets it needs) and the one named by `TOLLGATE_SECRETS_ARN`, merged.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Settings(BaseSettings):
 
     # --- provider credentials ------------------------------------------------------------------------------
     secrets_arn: str | None = Field(default=None, validation_alias="TOLLGATE_SECRETS_ARN")
+    secrets_arns: Annotated[tuple[str, ...], NoDecode] = Field(default=(), validation_alias="TOLLGATE_SECRETS_ARNS")
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
     lemonsqueezy_api_key: SecretStr | None = None
@@ -82,9 +84,14 @@ class Settings(BaseSettings):
     lemonsqueezy_store_id: str | None = None
     clerk_webhook_secret: SecretStr | None = None
     clerk_jwks_url: str | None = None
+    # Asaas (Brazil): the API key (`access_token` header), and the token Asaas sends in `asaas-access-token` on
+    # every webhook (32-255 characters, as Asaas accepts it; a comma list during a rotation).
+    asaas_api_key: SecretStr | None = None
+    asaas_webhook_token: SecretStr | None = None
     # Payments (issue 5): provider API base URLs (tests and `tollgate serve` may point them at local stand-ins).
     stripe_api_base: str = "https://api.stripe.com"
     lemonsqueezy_api_base: str = "https://api.lemonsqueezy.com"
+    asaas_api_base: str = "https://api-sandbox.asaas.com/v3"  # production: https://api.asaas.com/v3
     provider_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     # Stripe signatures older than this (or this far in the future) are refused; Svix uses 5 minutes itself.
     webhook_tolerance_seconds: int = Field(default=300, ge=30, le=3600)
@@ -116,9 +123,12 @@ class Settings(BaseSettings):
     job_cursor_retention_days: int = Field(default=90, ge=1)
 
     # --- auth (issue 4: accounts, sign-in, mail, the authorizer) -------------------------------------------
-    # HS256 key of access tokens. In AWS the app secret generates it; locally the CLI persists one in
+    # HS256 key of access tokens. In AWS the signing secret generates it; locally the CLI persists one in
     # $TOLLGATE_DATA_DIR/jwt.key. Never a default in code: unset, sign-in refuses to run.
     jwt_signing_key: SecretStr | None = None
+    # The key of pagination cursors where functions that list but never sign a token must not hold the signing
+    # key (in AWS: the cursor secret). Unset: derived from JWT_SIGNING_KEY (see tollgate/pagination.py).
+    cursor_signing_key: SecretStr | None = None
     jwt_issuer: str = "tollgate"
     jwt_audience: str = "tollgate-api"
     access_token_ttl_seconds: int = Field(default=900, ge=60, le=3600)
@@ -139,7 +149,7 @@ class Settings(BaseSettings):
     step_up_window_seconds: int = Field(default=300, ge=30, le=3600)
     security_lock_link_hours: int = Field(default=72, ge=1, le=720)
     # Master secrets that seal TOTP secrets and PKCE verifiers (comma-separated; the first seals, all unseal).
-    # Unset: derived from JWT_SIGNING_KEY (the app secret). See tollgate/auth/sealing.py.
+    # In AWS the auth secret generates it; unset: derived from JWT_SIGNING_KEY. See tollgate/auth/sealing.py.
     secret_encryption_keys: SecretStr | None = None
     # register and forgot-password take at least this long, mail sent or not (timing must not reveal accounts)
     enumeration_floor_ms: int = Field(default=300, ge=0, le=5000)
@@ -197,6 +207,58 @@ class Settings(BaseSettings):
     rag_ask_rate_limit_default: int = Field(default=10, ge=0)
     rag_ask_rate_window_seconds: int = Field(default=60, ge=1, le=86_400)
 
+    # --- files (issue 15: uploads to S3 or a local folder, quotas, soft delete) -------------------------------
+    # s3: the bucket STORAGE_BUCKET (the template's FilesBucket); local: $TOLLGATE_DATA_DIR/files, with signed
+    # upload and download URLs served by the local gateway.
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_bucket: str | None = None
+    files_dir_override: Path | None = Field(default=None, validation_alias="TOLLGATE_FILES_DIR")
+    # Where the local gateway serves the local backend's signed URLs (unset: this machine's gateway).
+    local_files_url: str = ""
+    # A soft-deleted file can be restored this long; then Retention deletes its object and row.
+    file_restore_days: int = Field(default=30, ge=1, le=3650)
+    # The presigned POST and GET URLs live this long; an upload not completed this long after it started stops
+    # counting against the quota, can no longer be completed, and is swept by Retention.
+    file_upload_expiry_seconds: int = Field(default=600, ge=60, le=3600)
+    file_download_expiry_seconds: int = Field(default=300, ge=30, le=3600)
+    file_upload_complete_minutes: int = Field(default=60, ge=1, le=1440)
+    # Media types a file may declare (exact, lower case; parameters such as `; charset=` are not part of it).
+    file_content_types: Annotated[frozenset[str], NoDecode] = frozenset(
+        {
+            "image/png", "image/jpeg", "image/gif", "image/webp", "image/svg+xml",
+            "application/pdf", "text/plain", "text/markdown", "text/csv", "application/json",
+            "audio/mpeg", "audio/wav", "audio/ogg", "audio/webm", "audio/mp4", "video/mp4", "video/webm",
+        }
+    )  # fmt: skip
+    # Bytes per tier (`TIER=N,...`): READY + PENDING files together, and one file; unlisted tiers get the default.
+    file_quota_bytes: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=lambda: {"FREE": 100 * 2**20, "PRO": 10 * 2**30, "BUSINESS": 100 * 2**30}
+    )
+    file_quota_bytes_default: int = Field(default=100 * 2**20, ge=0)
+    file_max_bytes: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=lambda: {"FREE": 10 * 2**20, "PRO": 100 * 2**20, "BUSINESS": 2**30}
+    )
+    file_max_bytes_default: int = Field(default=10 * 2**20, ge=1, le=5 * 2**30)  # a presigned POST takes 5 GB
+
+    @field_validator("file_quota_bytes", "file_max_bytes", mode="before")
+    @classmethod
+    def _split_tier_bytes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            sizes: dict[str, int] = {}
+            for part in value.split(","):
+                if part.strip():
+                    tier, _, count = part.partition("=")
+                    sizes[tier.strip().upper()] = int(count)
+            return sizes
+        return value
+
+    @field_validator("file_content_types", mode="before")
+    @classmethod
+    def _split_content_types(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
     @field_validator("rag_ask_rate_limits", mode="before")
     @classmethod
     def _split_rate_limits(cls, value: Any) -> Any:
@@ -216,11 +278,28 @@ class Settings(BaseSettings):
             return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("secrets_arns", mode="before")
+    @classmethod
+    def _split_arns(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return split_arns(value)
+        return value
+
     @field_validator("log_group_prefixes", mode="before")
     @classmethod
     def _split_prefixes(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("asaas_webhook_token")
+    @classmethod
+    def _asaas_token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return value
+        for part in value.get_secret_value().split(","):
+            if not 32 <= len(part.strip()) <= 255:
+                raise ValueError("ASAAS_WEBHOOK_TOKEN must be 32 to 255 characters (each, in a comma list)")
         return value
 
     @field_validator("clerk_authorized_parties", mode="before")
@@ -239,6 +318,14 @@ class Settings(BaseSettings):
     @property
     def mail_dir(self) -> Path:
         return self.mail_dir_override or self.data_dir / "mail"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.files_dir_override or self.data_dir / "files"
+
+    @property
+    def files_url(self) -> str:
+        return (self.local_files_url or f"http://127.0.0.1:{self.port}/_local/files").rstrip("/")
 
     @classmethod
     def settings_customise_sources(
@@ -271,16 +358,36 @@ class SecretsManagerSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         from_env = self._env_settings()  # keyed by alias where a field has one
-        arn = from_env.get("TOLLGATE_SECRETS_ARN") or from_env.get("secrets_arn")
-        if not arn:
+        arns = secret_arns(from_env)
+        if not arns:
             return {}
         # Imported here: only deployments that name a secret pay for boto3.
         from aws_lambda_powertools.utilities import parameters
 
-        secret = parameters.get_secret(str(arn), transform="json", max_age=SECRET_MAX_AGE_SECONDS)
-        if not isinstance(secret, dict):
-            raise ValueError("the TOLLGATE_SECRETS_ARN secret must hold a JSON object")
-        return {str(key).lower(): value for key, value in secret.items()}
+        merged: dict[str, Any] = {}
+        for arn in arns:
+            secret = parameters.get_secret(arn, transform="json", max_age=SECRET_MAX_AGE_SECONDS)
+            if not isinstance(secret, dict):
+                raise ValueError(f"the secret {arn} must hold a JSON object")
+            for key, value in secret.items():
+                name = str(key).lower()
+                # Two secrets disagreeing on a value is a deployment mistake: which one is meant cannot be known.
+                if name in merged and merged[name] != value:
+                    raise ValueError(f"{name.upper()} has different values in two secrets of this function")
+                merged[name] = value
+        return merged
+
+
+def split_arns(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def secret_arns(from_env: dict[str, Any]) -> tuple[str, ...]:
+    """The secrets to read: TOLLGATE_SECRETS_ARN (one, kept for existing deployments), then TOLLGATE_SECRETS_ARNS."""
+    single = from_env.get("TOLLGATE_SECRETS_ARN") or from_env.get("secrets_arn") or ""
+    listed = from_env.get("TOLLGATE_SECRETS_ARNS") or from_env.get("secrets_arns") or ""
+    found = [*split_arns(str(single)), *(split_arns(listed) if isinstance(listed, str) else map(str, listed))]
+    return tuple(dict.fromkeys(found))  # each secret once, in order
 
 
 @lru_cache(maxsize=1)

@@ -302,3 +302,52 @@ class PaymentProviderError(DependencyUnavailable):
     """The payment provider's API refused or failed a request."""
 
     code = "payment_provider_error"
+
+
+# --- files (issue 15) -------------------------------------------------------------------------------------------
+class QuotaExceeded(TollgateError):
+    """The upload would take the caller past their tier's storage quota; `details` carry `used` and `quota`
+    (bytes of READY and PENDING files) and what was `requested`."""
+
+    code = "quota_exceeded"
+
+
+class FileTooLarge(PayloadTooLarge):
+    """The declared size is over the largest file the caller's tier may upload; `details` carry the limit."""
+
+    code = "file_too_large"
+
+
+class ContentTypeNotAllowed(UnsupportedMediaType):
+    """The declared content type is not in the deployment's allow-list (FILE_CONTENT_TYPES)."""
+
+    code = "content_type_not_allowed"
+
+
+class FileNotFound(NotFound):
+    code = "file_not_found"
+
+
+class UploadIncomplete(Conflict):
+    """Completion found no object, or one that differs from what was declared (size, type): the file stays
+    PENDING; `details` say what was expected and found."""
+
+    code = "upload_incomplete"
+
+
+class UploadExpired(Conflict):
+    """The upload was not completed in time (FILE_UPLOAD_COMPLETE_MINUTES): start a new one."""
+
+    code = "upload_expired"
+
+
+class RestoreWindowPassed(Conflict):
+    """The file was deleted longer ago than FILE_RESTORE_DAYS (or its upload can no longer be completed)."""
+
+    code = "restore_window_passed"
+
+
+class StorageUnavailable(DependencyUnavailable):
+    """The object store (S3) refused or failed a request."""
+
+    code = "storage_unavailable"

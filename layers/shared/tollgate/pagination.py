@@ -10,8 +10,9 @@ unique, e.g. the id) ascending or descending; stable under inserts, and each pag
 A cursor is opaque to clients and signed: `<payload>.<mac>`, both url-safe base64. The payload records the type
 of each key value as well as the value (`{"k": "tu", "v": [...]}`); the MAC is HMAC-SHA256 (first 128 bits) over
 the list's scope (its table, key columns and direction) and the payload, with a key derived from the
-deployment's JWT signing key. Anything the server did not issue for that list, tampered, truncated or of the wrong
-shape, is `InvalidCursor` (400 `invalid_cursor`), and it is refused before any statement runs.
+deployment's cursor key (CURSOR_SIGNING_KEY) or, unset, its JWT signing key. Anything the server did not issue
+for that list, tampered, truncated or of the wrong shape, is `InvalidCursor` (400 `invalid_cursor`), and it is
+refused before any statement runs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sqlalchemy import ColumnElement, Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from tollgate.auth.access_tokens import signing_key
+from tollgate.config import get_settings
 from tollgate.errors import InvalidCursor, ValidationFailed
 from tollgate.input_bounds import bounded_timestamp
 
@@ -103,8 +105,11 @@ def _unb64(text: str) -> bytes:
 
 
 def _mac(scope: str, payload: str) -> bytes:
-    # A key of its own, derived from the signing key: a cursor MAC is never a valid token signature.
-    key = hmac.new(signing_key().encode(), _KEY_CONTEXT, hashlib.sha256).digest()
+    # A key of its own, derived from CURSOR_SIGNING_KEY (in AWS: a secret that functions listing rows read instead
+    # of the signing key) or else the signing key: a cursor MAC is never a valid token signature.
+    cursor_key = get_settings().cursor_signing_key
+    base = cursor_key.get_secret_value() if cursor_key is not None else signing_key()
+    key = hmac.new(base.encode(), _KEY_CONTEXT, hashlib.sha256).digest()
     return hmac.new(key, f"{scope}\x00{payload}".encode(), hashlib.sha256).digest()[:MAC_BYTES]
 
 

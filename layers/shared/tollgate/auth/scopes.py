@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-Scope = Literal["profile:read", "credits:read", "credits:write", "rag", "billing:read", "admin"]
-SCOPES: Final[tuple[Scope, ...]] = ("profile:read", "credits:read", "credits:write", "rag", "billing:read", "admin")
+Scope = Literal[
+    "profile:read", "credits:read", "credits:write", "rag", "billing:read", "files:read", "files:write", "admin"
+]
+SCOPES: Final[tuple[Scope, ...]] = (
+    "profile:read", "credits:read", "credits:write", "rag", "billing:read", "files:read", "files:write", "admin",
+)  # fmt: skip
 # The narrowest useful key: it can read the balance and say whose key it is, and spend nothing.
 DEFAULT_SCOPES: Final[tuple[Scope, ...]] = ("profile:read", "credits:read")
 # Scopes only a staff member may put on a key.
@@ -57,6 +61,14 @@ ROUTE_SCOPES: Final[dict[str, str]] = {
     "GET /rag/conversations": "rag",
     "GET /rag/conversations/{conversation_id}": "rag",
     "DELETE /rag/conversations/{conversation_id}": "rag",
+    # files: reading (lists, downloads, usage) and writing (uploads, delete, restore)
+    "GET /files": "files:read",
+    "GET /files/usage": "files:read",
+    "GET /files/{file_id}": "files:read",
+    "POST /files": "files:write",
+    "POST /files/{file_id}/complete": "files:write",
+    "DELETE /files/{file_id}": "files:write",
+    "POST /files/{file_id}/restore": "files:write",
     # billing: reading history; paying and the customer portal need the person
     "GET /billing/subscription": "billing:read",
     "GET /billing/purchases": "billing:read",
@@ -84,6 +96,8 @@ ROUTE_SCOPES: Final[dict[str, str]] = {
     "GET /admin/rag/chunks": "admin",
     "DELETE /admin/rag/chunks/{chunk_id}": "admin",
     "POST /admin/webhooks/{event_id}/replay": "admin",
+    "PUT /admin/users/{user_id}/plan": "admin",
+    "DELETE /admin/users/{user_id}/plan": "admin",
 }
 
 CredentialKind = Literal["session", "api_key"]

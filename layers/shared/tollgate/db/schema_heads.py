@@ -10,6 +10,7 @@ SCHEMA_HEADS: tuple[str, ...] = (
     "0006_jobs",
     "0008_auth_hardening",
     "0012_billing_sources",
+    "0014_storage_objects",
 )
 # Every revision this code knows: one outside it means the schema is newer than the code.
 SCHEMA_REVISIONS: tuple[str, ...] = (
@@ -25,4 +26,5 @@ SCHEMA_REVISIONS: tuple[str, ...] = (
     "0010_webhook_early_reversals",
     "0011_invoice_payment_intent",
     "0012_billing_sources",
+    "0014_storage_objects",
 )

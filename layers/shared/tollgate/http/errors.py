@@ -15,6 +15,7 @@ STATUS_BY_ERROR: dict[type[errors.TollgateError], HTTPStatus] = {
     errors.BadRequest: HTTPStatus.BAD_REQUEST,
     errors.UnsupportedMediaType: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     errors.PayloadTooLarge: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    errors.QuotaExceeded: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     errors.ValidationFailed: HTTPStatus.UNPROCESSABLE_ENTITY,
     errors.Unauthenticated: HTTPStatus.UNAUTHORIZED,
     errors.Forbidden: HTTPStatus.FORBIDDEN,

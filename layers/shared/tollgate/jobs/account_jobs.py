@@ -24,10 +24,20 @@ def has_entitling_subscription(user_column: str) -> str:
     return f"EXISTS (SELECT 1 FROM subscriptions sub WHERE sub.user_id = {user_column} AND ({per_provider}))"
 
 
+def has_paid_purchase(user_column: str) -> str:
+    """SQL: the user paid for a pack (not refunded in full). A trial that ended so did not end unpaid: that
+    payment unlocked the account, or keeps it open."""
+    return (
+        f"EXISTS (SELECT 1 FROM purchases p WHERE p.user_id = {user_column} "
+        "AND p.status IN ('completed', 'partially_refunded'))"
+    )
+
+
 class TrialExpiry(BatchJob):
     """Seed 001's trials: when `trial_ends_at` has passed and the user has no live subscription, the account is
     locked (status LOCKED, back on the FREE tier, the trial marked used). A payment unlocks it again
-    (`tollgate.services.accounts.unlock_after_payment`)."""
+    (`tollgate.services.accounts.unlock_after_payment`): a paid plan, or a paid pack, which also keeps the job from
+    locking it again."""
 
     name = "TrialExpiry"
 
@@ -39,7 +49,8 @@ class TrialExpiry(BatchJob):
             text(
                 "SELECT u.id FROM users u WHERE u.trial_ends_at <= :now AND u.status = 'ACTIVE' "
                 "AND u.deleted_at IS NULL AND (CAST(:cursor AS uuid) IS NULL OR u.id > CAST(:cursor AS uuid)) "
-                f"AND NOT {has_entitling_subscription('u.id')} ORDER BY u.id LIMIT :limit"
+                f"AND NOT {has_entitling_subscription('u.id')} AND NOT {has_paid_purchase('u.id')} "
+                "ORDER BY u.id LIMIT :limit"
             ),
             {"now": now, "cursor": cursor, "limit": limit},
         ).all()

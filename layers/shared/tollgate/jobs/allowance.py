@@ -6,7 +6,8 @@ tier's plan is issued through the ledger, keyed by the period, so it can never b
 rollover rule (none, capped, full) decides what happens to what is left of the previous one.
 
 Who is left out (their schedule still moves on): users with a live provider subscription (each paid invoice
-grants their allowance, see the payments webhooks), and suspended, locked or deleted accounts. A user who comes
+grants their allowance, see the payments webhooks; a manual plan is renewed by this job on its own period, see
+`tollgate.services.manual_plans.renew_due`), and suspended, locked or deleted accounts. A user who comes
 back gets the allowance of the period they come back in, not of the periods they missed.
 """
 
@@ -77,8 +78,14 @@ class MonthlyAllowance:
     def step(self, session: Session, now: datetime, cursor: str | None) -> Step:
         # Due users leave the due set as their schedule moves on: each step takes the next batch.
         due = session.execute(DUE, {"now": now, "limit": self.batch_size}).all()
-        counts = self.issue(session, now, due)
-        return Step(None, len(due), counts, done=len(due) < self.batch_size)
+        counts = dict(self.issue(session, now, due))
+        # Manual plans (an admin's, no provider to invoice them) renew here, each on its own period.
+        from tollgate.services.manual_plans import renew_due
+
+        manual = renew_due(session, now, self.batch_size)
+        counts.update({k: v for k, v in (("manual_renewed", manual.renewed), ("manual_ended", manual.ended)) if v})
+        done = len(due) < self.batch_size and manual.count < self.batch_size
+        return Step(None, len(due) + manual.count, counts, done=done)
 
     def issue(self, session: Session, now: datetime, due: Sequence[Any]) -> Mapping[str, int]:
         requests: list[AllowanceRequest] = []

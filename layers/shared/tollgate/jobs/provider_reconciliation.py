@@ -39,6 +39,16 @@ Lemon Squeezy resources from the API carry no checkout custom data (who bought, 
 Changes younger than PROVIDER_RECONCILIATION_SETTLE_MINUTES are left to their webhook, whose custom data names
 the buyer for certain.
 
+Asaas charges (`GET /v3/payments`, newest first, paged by offset), in two passes: those received inside the
+window (`paymentDate[ge]`), and those created inside it (`dateCreated[ge]`: a card charge is CONFIRMED days
+before it is received). A CONFIRMED / RECEIVED charge that Tollgate has not recorded becomes the webhook body Asaas
+would have sent (`{"id", "event": "PAYMENT_CONFIRMED"|"PAYMENT_RECEIVED", "dateCreated", "payment": <charge>}`)
+with the id `asaas_reconciliation:<payment id>:<event>`; a REFUNDED charge refunded further than recorded becomes
+PAYMENT_REFUNDED. The webhook of the same change has Asaas's own event id, so both may be stored, but the handlers
+apply a charge once (its payment id keys the purchase / invoice, each refund step its own key). The charge's
+`externalReference` (written by the checkout) names the buyer and the item; a charge without one is not Tollgate's
+and is counted `ignored`.
+
 A provider without credentials is skipped (`providers_skipped`); a provider API failure is counted
 (`provider_errors`) and the other provider's work goes on; one item that fails to apply is counted (`failed`,
 recorded in `webhook_events` for replay) and the rest go on.
@@ -49,7 +59,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import func, or_, select
@@ -72,7 +82,13 @@ LS_ORDERS = "lemonsqueezy_orders"
 LS_SUBSCRIPTIONS = "lemonsqueezy_subscriptions"
 LS_INVOICES = "lemonsqueezy_invoices"
 PAID_INVOICE = frozenset({"paid", "partially_refunded", "refunded"})
-PHASES = (STRIPE, LS_ORDERS, LS_SUBSCRIPTIONS, LS_INVOICES)
+ASAAS_PAID = "asaas_paid"
+ASAAS_CREATED = "asaas_created"
+PHASES = (STRIPE, LS_ORDERS, LS_SUBSCRIPTIONS, LS_INVOICES, ASAAS_PAID, ASAAS_CREATED)
+# Where the phases of the next provider start: a provider without credentials is skipped as a whole.
+NEXT_PROVIDER = {LS_ORDERS: ASAAS_PAID, ASAAS_PAID: None}
+ASAAS_FILTERS = {ASAAS_PAID: "paymentDate", ASAAS_CREATED: "dateCreated"}
+ASAAS_PAID_STATUSES = frozenset({"CONFIRMED", "RECEIVED", "RECEIVED_IN_CASH"})
 LS_RESOURCES = {LS_ORDERS: "orders", LS_SUBSCRIPTIONS: "subscriptions", LS_INVOICES: "subscription-invoices"}
 
 
@@ -82,6 +98,10 @@ class StripeEvents(Protocol):
 
 class LemonSqueezyLists(Protocol):
     def list_resources(self, resource: str, page: int, size: int) -> Page: ...
+
+
+class AsaasPayments(Protocol):
+    def payments_since(self, field: str, since: date, offset: int, limit: int) -> Page: ...
 
 
 def _stripe_source() -> StripeEvents:
@@ -94,6 +114,12 @@ def _lemonsqueezy_source() -> LemonSqueezyLists:
     from tollgate.payments.adapters import lemonsqueezy_source
 
     return lemonsqueezy_source()
+
+
+def _asaas_source() -> AsaasPayments:
+    from tollgate.payments.asaas import asaas_gateway
+
+    return asaas_gateway()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +183,13 @@ class ProviderReconciliation:
         uow_factory: Callable[[], UnitOfWork] = UnitOfWork,
         stripe_source: Callable[[], StripeEvents] = _stripe_source,
         lemonsqueezy_source: Callable[[], LemonSqueezyLists] = _lemonsqueezy_source,
+        asaas_source: Callable[[], AsaasPayments] = _asaas_source,
     ) -> None:
         self.settings = settings or get_settings()
         self.uow_factory = uow_factory
         self.stripe_source = stripe_source
         self.lemonsqueezy_source = lemonsqueezy_source
+        self.asaas_source = asaas_source
         self._done: PageResult | None = None  # the page the last after_commit worked through
 
     def period_key(self, now: datetime) -> str:
@@ -191,12 +219,15 @@ class ProviderReconciliation:
         try:
             if position.phase == STRIPE:
                 result = self._stripe_page(position, now)
+            elif position.phase in ASAAS_FILTERS:
+                result = self._asaas_page(position, now)
             else:
                 result = self._lemonsqueezy_page(position, now)
         except ProviderNotConfigured:
             result = PageResult(at=position, next=_next_phase(position.phase))
-            if position.phase == LS_ORDERS:
-                result.next = None  # one skip for Lemon Squeezy, not one per resource list
+            if position.phase in NEXT_PROVIDER:  # one skip per provider, not one per resource list
+                following = NEXT_PROVIDER[position.phase]
+                result.next = Position(following) if following else None
             result.add("providers_skipped")
             logger.info("provider not configured: skipped", extra={"phase": position.phase})
         except Exception:  # the provider's API failed (or answered nonsense): the other provider still runs
@@ -431,6 +462,72 @@ class ProviderReconciliation:
         except Exception:
             logger.exception("provider reconciliation item failed", extra={"id": str(item.get("id"))})
             return "failed"
+
+    # --- Asaas ---------------------------------------------------------------------------------------------------
+    def _asaas_page(self, position: Position, now: datetime) -> PageResult:
+        """One page (offset = (page - 1) x size) of the charges paid / created since the window's first day
+        (Asaas filters by date, in Brasília time: a day early is harmless, every item is idempotent)."""
+        source = self.asaas_source()
+        size = min(self.settings.provider_reconciliation_page_size, 100)
+        since = (self._window_start(now) - timedelta(days=1)).date()
+        page = source.payments_since(ASAAS_FILTERS[position.phase], since, (position.page - 1) * size, size)
+        result = PageResult(at=position, next=_next_phase(position.phase), items=len(page.items))
+        for item in page.items:
+            result.add(self._guarded(self._apply_asaas, item))
+        if page.has_more and page.items:
+            result.next = Position(position.phase, page=position.page + 1)
+        return result
+
+    def _apply_asaas(self, item: dict[str, Any]) -> str:
+        payment_id, status = item.get("id"), str(item.get("status") or "")
+        if not isinstance(payment_id, str) or not payment_id:
+            return "rejected"
+        from tollgate.payments.asaas import Reference
+
+        if Reference.parse(item.get("externalReference")) is None:
+            return "ignored"  # not a Tollgate checkout's charge
+        with self.uow_factory() as uow:
+            s = uow.session
+            holder: Purchase | Invoice | None = s.execute(
+                select(Purchase).where(Purchase.provider == "asaas", Purchase.provider_order_id == payment_id)
+            ).scalar_one_or_none()
+            if holder is None:
+                holder = s.execute(
+                    select(Invoice).where(Invoice.provider == "asaas", Invoice.provider_invoice_id == payment_id)
+                ).scalar_one_or_none()
+            known = holder is not None and (
+                holder.status != "pending" if isinstance(holder, Purchase) else holder.status in PAID_INVOICE
+            )
+            if status == "REFUNDED":
+                if not known or holder is None:
+                    return "ignored"  # refunded before any grant: nothing to apply, nothing to take back
+                total = holder.amount if isinstance(holder, Purchase) else holder.amount_paid
+                if holder.refunded_amount >= total:
+                    return "already_known"
+                name = "PAYMENT_REFUNDED"
+            elif status in ASAAS_PAID_STATUSES:
+                if known:
+                    return "already_known"
+                name = "PAYMENT_CONFIRMED" if status == "CONFIRMED" else "PAYMENT_RECEIVED"
+            else:
+                return "ignored"  # pending, overdue, deleted: nothing was paid
+        payload = {
+            "id": f"asaas_reconciliation:{payment_id}:{name}",
+            "event": name,
+            "dateCreated": None,
+            "payment": item,
+            "source": "provider_reconciliation",
+        }
+        event = VerifiedEvent(
+            provider="asaas",
+            event_id=str(payload["id"]),
+            type=name,
+            livemode=None,
+            payload=payload,
+            raw=json.dumps(payload),
+            created_at=None,
+        )
+        return self._process(event, "asaas_payments")
 
     # --- applying ------------------------------------------------------------------------------------------------
     def _process(self, event: VerifiedEvent, applied_key: str) -> str:

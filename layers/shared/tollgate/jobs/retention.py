@@ -9,7 +9,11 @@ What goes, and when (days are settings; see README "Scheduled jobs"):
   are what make a late duplicate delivery a no-op), only the payload goes;
 - AI messages and usage rows past `AI_MESSAGE_RETENTION_DAYS` / `AI_USAGE_RETENTION_DAYS`, and conversations left
   without messages;
-- the scheduled jobs' own cursors after `JOB_CURSOR_RETENTION_DAYS`.
+- the scheduled jobs' own cursors after `JOB_CURSOR_RETENTION_DAYS`;
+- files soft-deleted longer ago than `FILE_RESTORE_DAYS`, and uploads never completed within
+  `FILE_UPLOAD_COMPLETE_MINUTES`: their objects leave the store, then their rows go. The step only reads which
+  (no lock); the store is called after the step's transaction has committed, and each row is deleted only if
+  it still qualifies (a restore in between keeps it).
 The ledger is never touched: credit_transactions is kept forever.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -24,6 +29,11 @@ from sqlalchemy.orm import Session
 from tollgate.config import Settings, get_settings
 from tollgate.jobs.periods import daily
 from tollgate.jobs.runner import Step
+
+if TYPE_CHECKING:
+    from tollgate.storage import Storage
+
+FILES_SWEEP = "storage_objects"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,25 +114,55 @@ class Retention:
 
     name = "Retention"
 
-    def __init__(self, settings: Settings | None = None, batch_size: int = 1000) -> None:
-        self.sweeps = sweeps(settings or get_settings())
+    def __init__(
+        self, settings: Settings | None = None, batch_size: int = 1000, storage: Storage | None = None
+    ) -> None:
+        self.settings = settings or get_settings()
+        self.sweeps = sweeps(self.settings)
         self.batch_size = batch_size
+        self._storage = storage
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.sweeps] + [FILES_SWEEP]
+
+    def _files_step(self, session: Session, now: datetime) -> Step:
+        from tollgate.db import UnitOfWork
+        from tollgate.services import files
+        from tollgate.storage import get_storage
+
+        storage = self._storage or get_storage()
+        refs = files.purgeable(session, self.settings, storage, now, self.batch_size)
+        done = len(refs) < self.batch_size
+
+        def remove() -> None:
+            files.purge(UnitOfWork(), storage, refs, condition=files.purgeable_condition(self.settings, now))
+
+        return Step(
+            cursor=None if done else FILES_SWEEP,
+            processed=len(refs),
+            counts={FILES_SWEEP: len(refs)} if refs else {},
+            done=done,
+            after_commit=remove if refs else None,
+        )
 
     def period_key(self, now: datetime) -> str:
         return daily(now)
 
     def step(self, session: Session, now: datetime, cursor: str | None) -> Step:
-        names = [s.name for s in self.sweeps]
+        names = self.names
         index = names.index(cursor) if cursor in names else 0
+        if names[index] == FILES_SWEEP:
+            return self._files_step(session, now)
         sweep = self.sweeps[index]
         removed = session.execute(
             text(sweep.sql), {"cutoff": now - timedelta(days=sweep.days), "limit": self.batch_size}
         ).rowcount  # type: ignore[attr-defined]
         if removed < self.batch_size:  # this sweep is finished: the next step starts the next one
             index += 1
-        done = index >= len(self.sweeps)
+        done = index >= len(names)
         return Step(
-            cursor=None if done else self.sweeps[index].name,
+            cursor=None if done else names[index],
             processed=removed,
             counts={sweep.name: removed} if removed else {},
             done=done,

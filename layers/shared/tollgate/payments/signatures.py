@@ -9,6 +9,9 @@ raises `InvalidSignature` (400) before anything is stored.
   Lemon Squeezy sends no event id, so one is derived (see `lemonsqueezy_event_id`).
 - Clerk: Svix headers (`svix-id`, `svix-timestamp`, `svix-signature`) checked by `standardwebhooks` (the same
   scheme: HMAC-SHA256 of "{id}.{timestamp}.{body}" with the base64 `whsec_` secret, +-5 minutes).
+- Asaas: no signature; the webhook's authentication token comes back verbatim in `asaas-access-token`, compared in
+  constant time with ASAAS_WEBHOOK_TOKEN. No timestamp either: replays are caught by the event store (the
+  payload's `id`) and by business keys (payment ids, refund steps).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from tollgate.errors import ConfigurationError, InvalidSignature
@@ -190,6 +193,49 @@ def verify_clerk(raw: bytes, headers: Mapping[str, str], secret: str | None) -> 
         payload=payload,
         raw=body,
         created_at=datetime.fromtimestamp(created / 1000, UTC) if isinstance(created, int) else None,
+    )
+
+
+# Asaas writes its times ("2024-06-12 16:45:03", "2024-06-12", "16/10/2024") in Brasília time, which has kept
+# UTC-3 all year since Brazil dropped daylight saving in 2019.
+BRASILIA = timezone(timedelta(hours=-3))
+
+
+def asaas_time(value: Any) -> datetime | None:
+    """An Asaas date or date-time (Brasília time, ISO or dd/MM/yyyy) as an aware UTC datetime."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    for pattern in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d", "%d/%m/%Y %H:%M:%S", "%d/%m/%Y"):
+        try:
+            return datetime.strptime(text, pattern).replace(tzinfo=BRASILIA).astimezone(UTC)
+        except ValueError:
+            continue
+    return parse_time(text)
+
+
+def verify_asaas(raw: bytes, headers: Mapping[str, str], token: str | None) -> VerifiedEvent:
+    if not token:
+        raise ConfigurationError("ASAAS_WEBHOOK_TOKEN is not set")
+    given = _lower(headers).get("asaas-access-token", "")
+    if not given:
+        raise InvalidSignature("the asaas-access-token header is missing")
+    matches = [hmac.compare_digest(candidate.encode(), given.encode()) for candidate in _secrets(token)]
+    if not any(matches):
+        raise InvalidSignature("the asaas-access-token header does not match")
+    body = _text(raw)
+    payload = _object(body)
+    event_id, event_type = payload.get("id"), payload.get("event")
+    if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str) or not event_type:
+        raise InvalidSignature("the event has no id or event")
+    return VerifiedEvent(
+        provider="asaas",
+        event_id=event_id,
+        type=event_type,
+        livemode=None,  # the event does not say; the API key (sandbox or production) decides where it came from
+        payload=payload,
+        raw=body,
+        created_at=asaas_time(payload.get("dateCreated")),
     )
 
 

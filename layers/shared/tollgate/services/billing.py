@@ -27,13 +27,14 @@ from tollgate.errors import (
 )
 from tollgate.models.credits import CreditPack, Plan
 from tollgate.models.payments import Invoice, Purchase, Subscription
-from tollgate.models.users import User
+from tollgate.models.users import User, UserStatus
 from tollgate.pagination import Page, keyset_page
 from tollgate.payments import adapters
 from tollgate.payments.money import to_minor
 from tollgate.payments.statuses import ENTITLED
 
 Provider = Literal["stripe", "lemonsqueezy"]
+CheckoutProvider = Literal["stripe", "lemonsqueezy", "asaas"]
 ItemKind = Literal["pack", "plan"]
 Interval = Literal["month", "year"]
 
@@ -56,7 +57,8 @@ def _user(uow: UnitOfWork, user_id: uuid.UUID) -> User:
     user = uow.session.get(User, user_id)
     if user is None:
         raise NotFound("no such user")
-    if user.deleted_at is not None or user.status != "ACTIVE":
+    # A LOCKED account (its trial ended unpaid) may pay: paying is what unlocks it. Suspended or deleted: never.
+    if user.deleted_at is not None or user.status not in (UserStatus.ACTIVE, UserStatus.LOCKED):
         raise AccountDisabled("this account cannot buy anything")
     return user
 
@@ -65,14 +67,22 @@ def create_checkout(
     uow: UnitOfWork,
     user_id: uuid.UUID,
     *,
-    provider: Provider,
+    provider: CheckoutProvider,
     kind: ItemKind,
     item_id: uuid.UUID,
     success_url: str,
     cancel_url: str,
     interval: Interval = "month",
     idempotency_key: str | None = None,
+    tax_id: str | None = None,
 ) -> CheckoutResult:
+    if provider == "asaas":  # its own flow: a BRL charge or subscription, a customer with a CPF/CNPJ
+        from tollgate.services import asaas_checkout
+
+        return asaas_checkout.create_checkout(
+            uow, user_id, kind=kind, item_id=item_id, success_url=success_url, interval=interval,
+            idempotency_key=idempotency_key, tax_id=tax_id,
+        )  # fmt: skip
     with uow:
         user = _user(uow, user_id)
         if kind == "pack":

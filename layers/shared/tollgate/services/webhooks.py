@@ -14,10 +14,17 @@
    with Retry-After (recording the attempt is tried; it fails too when the database is down).
 Events no retry can fix (a checkout for an unknown pack, an amount that does not match) are stored as
 `rejected` with the reason, and answer 2xx.
+
+Provider calls never run inside the event's transaction (it holds row locks): a provider module may define
+`prefetch(payload, uow_factory) -> dict`, called BEFORE the unit of work opens (deliveries and replays alike; it may
+read what it needs in its own short unit of work, closed before it calls out); what it returns reaches the handlers
+as `ctx.fetched`. A fetch that fails is a failure like any other (recorded `failed`, 5xx,
+nothing applied), except for a redelivery of an event already applied, which stays a 2xx duplicate.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import uuid
 from collections.abc import Callable, Mapping
@@ -41,12 +48,21 @@ from tollgate.errors import (
     WebhookProcessingFailed,
 )
 from tollgate.observability import logger
-from tollgate.payments.signatures import VerifiedEvent, parse_time, verify_clerk, verify_lemonsqueezy, verify_stripe
+from tollgate.payments.signatures import (
+    VerifiedEvent,
+    parse_time,
+    verify_asaas,
+    verify_clerk,
+    verify_lemonsqueezy,
+    verify_stripe,
+)
 from tollgate.services.authz import require_role
 from tollgate.services.payment_events.handling import Ctx, Outcome
 
-PROVIDERS = ("stripe", "lemonsqueezy", "clerk")
+PROVIDERS = ("stripe", "lemonsqueezy", "clerk", "asaas")
 DONE = frozenset({"processed", "ignored", "rejected"})
+# A provider module's pre-transaction fetch: (payload, uow_factory) -> what its handlers find in `ctx.fetched`.
+Prefetch = Callable[[dict[str, Any], Callable[[], UnitOfWork]], dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +90,8 @@ def verify(provider: str, raw: bytes, headers: Mapping[str, str]) -> VerifiedEve
         return verify_lemonsqueezy(raw, headers, secret(settings.lemonsqueezy_webhook_secret))
     if provider == "clerk":
         return verify_clerk(raw, headers, secret(settings.clerk_webhook_secret))
+    if provider == "asaas":
+        return verify_asaas(raw, headers, secret(settings.asaas_webhook_token))
     raise ValidationFailed(f"unknown provider {provider!r}", details={"allowed": list(PROVIDERS)})
 
 
@@ -86,9 +104,45 @@ def _dispatch(ctx: Ctx, payload: dict[str, Any]) -> Outcome:
         from tollgate.services.payment_events import lemonsqueezy_events
 
         return lemonsqueezy_events.handle(ctx, payload)
+    if ctx.provider == "asaas":
+        from tollgate.services.payment_events import asaas_events
+
+        return asaas_events.handle(ctx, payload)
     from tollgate.services.payment_events import clerk_events
 
     return clerk_events.handle(ctx, payload)
+
+
+def _prefetch(event: VerifiedEvent, uow_factory: Callable[[], UnitOfWork]) -> dict[str, Any]:
+    """What the provider module (`payment_events.<provider>_events`) fetches for this event from the provider's
+    API, outside any transaction. A module without `prefetch` needs nothing."""
+    if _mode_mismatch(event.livemode):
+        return {}  # stored as ignored: nothing to fetch for it
+    name = f"tollgate.services.payment_events.{event.provider}_events"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        return {}
+    prefetch: Prefetch | None = getattr(module, "prefetch", None)
+    return prefetch(event.payload, uow_factory) if prefetch is not None else {}
+
+
+def _stored_status(uow_factory: Callable[[], UnitOfWork], event: VerifiedEvent) -> tuple[uuid.UUID, str] | None:
+    with uow_factory() as uow:
+        row = uow.session.execute(
+            text("SELECT id, status FROM webhook_events WHERE provider = :provider AND event_id = :event_id"),
+            {"provider": event.provider, "event_id": event.event_id},
+        ).first()
+    return (row.id, row.status) if row is not None else None
+
+
+def _stored_status_or_none(uow_factory: Callable[[], UnitOfWork], event: VerifiedEvent) -> tuple[uuid.UUID, str] | None:
+    try:
+        return _stored_status(uow_factory, event)
+    except Exception:  # the fetch's failure is the one to answer with
+        return None
 
 
 def _mode_mismatch(livemode: bool | None) -> bool:
@@ -173,7 +227,12 @@ def _run_after_commit(actions: list[Callable[[], None]]) -> None:
 
 
 def _apply(
-    uow: UnitOfWork, row_id: uuid.UUID, event: VerifiedEvent, now: datetime, after: list[Callable[[], None]]
+    uow: UnitOfWork,
+    row_id: uuid.UUID,
+    event: VerifiedEvent,
+    now: datetime,
+    after: list[Callable[[], None]],
+    fetched: dict[str, Any],
 ) -> Outcome:
     if _mode_mismatch(event.livemode):
         mode = "live" if event.livemode else "test"
@@ -188,6 +247,7 @@ def _apply(
             livemode=event.livemode,
             now=now,
             after_commit=after,
+            fetched=fetched,
         )
         outcome = _dispatch(ctx, event.payload)
         uow.session.flush()
@@ -202,11 +262,18 @@ def process_event(
     now = utcnow()
     after: list[Callable[[], None]] = []
     try:
+        try:
+            fetched = _prefetch(event, uow_factory)  # before the unit of work: no provider call while holding locks
+        except Exception:
+            stored = None if force else _stored_status_or_none(uow_factory, event)
+            if stored is not None and stored[1] in DONE:
+                return WebhookReceipt(stored[0], event.provider, event.event_id, event.type, stored[1], duplicate=True)
+            raise
         with uow_factory() as uow:
             row_id, previous = _claim(uow.session, event, now)
             if previous in DONE and not force:
                 return WebhookReceipt(row_id, event.provider, event.event_id, event.type, previous, duplicate=True)
-            outcome = _apply(uow, row_id, event, now, after)
+            outcome = _apply(uow, row_id, event, now, after, fetched)
             uow.commit()
     except TollgateError as exc:
         if isinstance(exc, WebhookProcessingFailed):

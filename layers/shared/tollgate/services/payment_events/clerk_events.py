@@ -1,4 +1,5 @@
-"""Clerk events (through Svix): users kept in step with the Clerk instance (AUTH_MODE=clerk).
+"""Clerk events (through Svix): users kept in step with the Clerk instance (AUTH_MODE=clerk); Clerk Billing's
+`subscription.*`, `subscriptionItem.*` and `paymentAttempt.*` events go to `clerk_billing_events`.
 
 - `user.created` / `user.updated`: upsert by `clerk_id` (primary email, name, username, image, verification);
   the sign-up grant once (ledger source key `signup`), in the same transaction as the new user.
@@ -21,6 +22,7 @@ from tollgate.config import get_settings
 from tollgate.models.auth import ApiKey, AuthSession
 from tollgate.models.users import User
 from tollgate.payments.signatures import parse_time
+from tollgate.services.payment_events import clerk_billing_events
 from tollgate.services.payment_events.handling import Ctx, Outcome
 
 
@@ -131,6 +133,8 @@ def user_deleted(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any]) -> Out
 
 
 def handle(ctx: Ctx, payload: dict[str, Any]) -> Outcome:
+    if ctx.event_type.split(".", 1)[0] in clerk_billing_events.BILLING_EVENT_KINDS:
+        return clerk_billing_events.handle(ctx, payload)
     data = payload.get("data")
     if not isinstance(data, dict) or not data.get("id"):
         return Outcome.rejected("the event carries no user")

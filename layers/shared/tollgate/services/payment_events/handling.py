@@ -28,9 +28,11 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from tollgate import ledger
+from tollgate.db.base import new_id
 from tollgate.models.credits import CreditPack, Plan
 from tollgate.models.payments import Invoice, Purchase, Refund, Subscription, SubscriptionEvent
 from tollgate.models.users import User
+from tollgate.payments.money import to_major, to_minor
 from tollgate.payments.statuses import ENTITLED, TERMINAL, TRIALING
 from tollgate.services.accounts import unlock_after_payment
 
@@ -66,12 +68,15 @@ class Ctx:
     session: Session
     provider: str
     event_type: str
-    webhook_event_id: uuid.UUID
+    webhook_event_id: uuid.UUID | None  # None: a change no webhook carried (an admin's manual plan)
     provider_time: datetime | None
     livemode: bool | None
     now: datetime
     # Side effects that must happen only once the transaction committed (mail).
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    # What the provider module fetched from the provider's API before the transaction opened (`prefetch`):
+    # no provider call ever runs while the event's transaction holds locks.
+    fetched: dict[str, Any] = field(default_factory=dict)
 
 
 # --- look-ups ----------------------------------------------------------------------------------------------------
@@ -87,10 +92,19 @@ def user_by_id(session: Session, value: Any) -> User | None:
     return session.get(User, user_id, with_for_update={"key_share": True}) if user_id else None
 
 
+# The user column that remembers each provider's customer id; providers without one (Clerk, manual) link nothing.
+CUSTOMER_COLUMNS = {
+    "stripe": "stripe_customer_id",
+    "lemonsqueezy": "lemonsqueezy_customer_id",
+    "asaas": "asaas_customer_id",
+}
+
+
 def user_by_customer(session: Session, provider: str, customer_id: str | None) -> User | None:
-    if not customer_id:
+    attr = CUSTOMER_COLUMNS.get(provider)
+    if not customer_id or attr is None:
         return None
-    column = User.stripe_customer_id if provider == "stripe" else User.lemonsqueezy_customer_id
+    column = getattr(User, attr)
     return session.execute(
         select(User).where(column == customer_id).with_for_update(key_share=True)
     ).scalar_one_or_none()
@@ -99,9 +113,9 @@ def user_by_customer(session: Session, provider: str, customer_id: str | None) -
 def link_customer(session: Session, user: User, provider: str, customer_id: str | None) -> None:
     """Remember the provider's customer id on the user, unless the user has one or another user owns it
     (one statement: the hot path of every purchase)."""
-    if not customer_id:
+    attr = CUSTOMER_COLUMNS.get(provider)
+    if not customer_id or attr is None:
         return
-    attr = "stripe_customer_id" if provider == "stripe" else "lemonsqueezy_customer_id"
     if getattr(user, attr):
         return
     linked = session.execute(
@@ -124,6 +138,11 @@ def plan_by_price(session: Session, provider: str, price_id: str | None) -> tupl
     """The plan a provider price (Stripe) / variant (Lemon Squeezy) sells, and its interval (month/year)."""
     if not price_id:
         return None, None
+    if provider == "clerk":  # one Clerk plan (`cplan_*`) has both periods; the event names its own
+        return session.execute(select(Plan).where(Plan.clerk_plan_id == price_id)).scalars().first(), None
+    if provider == "manual":  # an admin's assignment names the plan itself
+        plan_id = as_uuid(price_id)
+        return (session.get(Plan, plan_id) if plan_id else None), None
     if provider == "stripe":
         monthly, yearly = Plan.stripe_price_id_monthly, Plan.stripe_price_id_yearly
     else:
@@ -161,6 +180,121 @@ def grant_purchase(ctx: Ctx, purchase: Purchase) -> ledger.GrantResult:
             "pack": purchase.package_name,
         },
         now=ctx.now,
+    )
+
+
+@dataclass(frozen=True)
+class PackOrder:
+    """A one-time order of a credit pack as one provider event reports it (the one pack-order flow)."""
+
+    provider: str
+    order_id: str  # unique per provider: checkout session / order / payment id
+    pack_ref: Any  # the pack id the provider echoes back (metadata)
+    amount_minor: int | None  # what the provider reports as paid, in minor units
+    currency: str | None
+    paid: bool  # False: record the purchase pending, grant nothing
+    paid_at: datetime | None = None
+    payment_id: str | None = None  # payment intent / payment id refunds will name
+    customer_id: str | None = None
+    price_ref: str | None = None  # the provider price/variant the order carries, checked when the pack has one
+    metadata: dict[str, Any] = field(default_factory=dict)
+    # Every price the order carries (Stripe's line items, fetched before the transaction); `price_ref` counts too.
+    price_refs: tuple[str, ...] = ()
+    # False where the reported total legitimately differs from the pack's list price (Lemon Squeezy's total holds
+    # tax and discounts): the provider price is then the check, and the pack must have one.
+    amount_checked: bool = True
+
+
+def pack_price_ref(pack: CreditPack, provider: str) -> str | None:
+    """The price (Stripe) / variant (Lemon Squeezy) a pack sells through at `provider`, if it names one."""
+    ref = {"stripe": pack.stripe_price_id, "lemonsqueezy": pack.lemonsqueezy_variant_id}.get(provider)
+    return str(ref) if ref else None
+
+
+def _order_mismatch(pack: CreditPack, order: PackOrder) -> Outcome | None:
+    """Why the order does not buy `pack` (a rejection no retry can fix), or None when it does."""
+    currency = (order.currency or "").lower()
+    if order.amount_checked:
+        try:
+            expected = to_minor(pack.price, pack.currency)
+        except ValueError:
+            expected = -1
+        if currency != pack.currency.lower() or order.amount_minor != expected:
+            return Outcome.rejected(
+                f"the amount {order.provider} reports does not match the pack's price",
+                order=order.order_id,
+                reported={"amount_minor": order.amount_minor, "currency": currency},
+                expected={"amount_minor": expected, "currency": pack.currency.lower()},
+            )
+    carried = [ref for ref in (order.price_ref, *order.price_refs) if ref]
+    wanted = pack_price_ref(pack, order.provider)
+    # A pack's own price is checked whenever the order reports prices; without an amount check it is the only
+    # proof of what was bought, so it must be there.
+    if (wanted and (carried or not order.amount_checked) and wanted not in carried) or (
+        not wanted and not order.amount_checked
+    ):
+        return Outcome.rejected(
+            "the order does not carry the pack's price",
+            order=order.order_id,
+            reported={"prices": carried},
+            expected={"price": wanted},
+        )
+    return None
+
+
+def fulfil_pack_order(
+    ctx: Ctx,
+    user: User,
+    order: PackOrder,
+    *,
+    on_granted: Callable[[Purchase], dict[str, Any]] | None = None,
+) -> Outcome:
+    """Record and, once paid, grant a pack order: the one flow of every provider. Idempotent on
+    (provider, order id) under the purchase row lock: an order already completed (or refunded) answers what it
+    is; a pending one is completed by the event that reports it paid. The pack, the amount/currency and the
+    provider price are checked first (`_order_mismatch`). `on_granted` runs right after the grant in the same
+    transaction (e.g. reversals that arrived before it) and adds to the outcome."""
+    existing = ctx.session.execute(
+        select(Purchase)
+        .where(Purchase.provider == order.provider, Purchase.provider_order_id == order.order_id)
+        .with_for_update()
+    ).scalar_one_or_none()
+    if existing is not None and existing.status != "pending":
+        return Outcome.done(purchase_id=str(existing.id), already=existing.status)
+    pack = pack_by_id(ctx.session, order.pack_ref)
+    if pack is None:
+        return Outcome.rejected("the order names no known pack", order=order.order_id)
+    mismatch = _order_mismatch(pack, order)
+    if mismatch is not None:
+        return mismatch
+    currency = (order.currency or pack.currency).lower()
+    purchase = existing or Purchase(
+        id=new_id(),
+        provider=order.provider,
+        provider_order_id=order.order_id,
+        user_id=user.id,
+        item_kind="pack",
+        item_id=pack.id,
+        package_name=pack.name,
+        credits=pack.credits,
+        amount=to_major(order.amount_minor, currency) if order.amount_minor is not None else pack.price,
+        currency=currency,
+        status="pending",
+        metadata_=dict(order.metadata),
+    )
+    purchase.provider_payment_id = order.payment_id or purchase.provider_payment_id
+    purchase.provider_customer_id = order.customer_id or purchase.provider_customer_id
+    purchase.livemode = ctx.livemode
+    if not order.paid:
+        ctx.session.add(purchase)
+        return Outcome.done(purchase_id=str(purchase.id), status="pending")
+    purchase.paid_at = order.paid_at or ctx.provider_time or ctx.now
+    granted = grant_purchase(ctx, purchase)
+    ctx.session.add(purchase)  # one INSERT, complete, at the transaction's flush
+    unlock_after_payment(user)  # a trial that had ended locked the account; paying reopens it
+    extra = on_granted(purchase) if on_granted is not None else {}
+    return Outcome.done(
+        purchase_id=str(purchase.id), granted=str(granted.amount), grant_id=str(granted.grant_id), **extra
     )
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tollgate.db.base import new_id
 from tollgate.models.credits import Plan
 from tollgate.models.payments import Invoice, Purchase
 from tollgate.models.users import User
@@ -17,15 +16,15 @@ from tollgate.services.payment_events.handling import (
     Ctx,
     NotYetApplicable,
     Outcome,
+    PackOrder,
     SubscriptionState,
     apply_subscription,
     as_uuid,
+    fulfil_pack_order,
     grant_invoice_allowance,
-    grant_purchase,
     invoice_for_update,
     link_customer,
     notify_payment_failed,
-    pack_by_id,
     plan_by_price,
     reverse_credits,
     subscription_for_update,
@@ -65,47 +64,26 @@ def order_created(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any], attrs
     user = _buyer(ctx, payload, attrs)
     if user is None:
         return Outcome.rejected("no Tollgate user matches this order", order=order_id)
-    link_customer(ctx.session, user, PROVIDER, _str(attrs.get("customer_id")))
-    existing = ctx.session.execute(
-        select(Purchase).where(Purchase.provider == PROVIDER, Purchase.provider_order_id == order_id).with_for_update()
-    ).scalar_one_or_none()
-    if existing is not None and existing.status != "pending":
-        return Outcome.done(purchase_id=str(existing.id), already=existing.status)
-    pack = pack_by_id(ctx.session, custom.get("item_id"))
-    if pack is None:
-        return Outcome.rejected("the order names no known pack", order=order_id)
-    item = attrs.get("first_order_item") or {}
-    variant = _str(item.get("variant_id"))
-    if not pack.lemonsqueezy_variant_id or variant != str(pack.lemonsqueezy_variant_id):
-        return Outcome.rejected(
-            "the order's variant is not the pack's variant",
-            order=order_id,
-            reported={"variant_id": variant},
-            expected={"variant_id": pack.lemonsqueezy_variant_id},
-        )
-    currency = str(attrs.get("currency") or pack.currency).lower()
-    purchase = existing or Purchase(
-        id=new_id(),
+    customer_id = _str(attrs.get("customer_id"))
+    link_customer(ctx.session, user, PROVIDER, customer_id)
+    total = attrs.get("total")
+    order = PackOrder(
         provider=PROVIDER,
-        provider_order_id=order_id,
-        user_id=user.id,
-        item_kind="pack",
-        item_id=pack.id,
-        package_name=pack.name,
-        credits=pack.credits,
-        amount=to_major(attrs.get("total"), currency),
-        currency=currency,
-        status="pending",
-        metadata_={"order_number": attrs.get("order_number"), "identifier": attrs.get("identifier")},
+        order_id=order_id,
+        pack_ref=custom.get("item_id"),
+        amount_minor=int(total) if isinstance(total, int | float) else None,
+        currency=_str(attrs.get("currency")),
+        paid=attrs.get("status") == "paid",
+        paid_at=parse_time(attrs.get("created_at")),
+        customer_id=customer_id,
+        price_ref=_str((attrs.get("first_order_item") or {}).get("variant_id")),
+        metadata={"order_number": attrs.get("order_number"), "identifier": attrs.get("identifier")},
+        amount_checked=False,  # the total holds tax and discounts; the variant says what was bought
     )
-    purchase.provider_customer_id = _str(attrs.get("customer_id"))
-    purchase.livemode = ctx.livemode
-    ctx.session.add(purchase)  # inserted complete at the transaction's flush
-    if attrs.get("status") != "paid":
-        return Outcome.done(purchase_id=str(purchase.id), status="pending", order_status=attrs.get("status"))
-    purchase.paid_at = parse_time(attrs.get("created_at")) or ctx.now
-    granted = grant_purchase(ctx, purchase)
-    return Outcome.done(purchase_id=str(purchase.id), granted=str(granted.amount), grant_id=str(granted.grant_id))
+    outcome = fulfil_pack_order(ctx, user, order)
+    if outcome.detail.get("status") == "pending":
+        outcome.detail["order_status"] = attrs.get("status")
+    return outcome
 
 
 def order_refunded(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any], attrs: dict[str, Any]) -> Outcome:

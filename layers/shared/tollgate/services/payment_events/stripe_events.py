@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, func, or_, select, text
 
-from tollgate.db.base import new_id
+from tollgate.db import UnitOfWork
 from tollgate.models.payments import (
     Invoice,
     PaymentMethod,
@@ -40,10 +40,11 @@ from tollgate.services.payment_events.handling import (
     Ctx,
     NotYetApplicable,
     Outcome,
+    PackOrder,
     SubscriptionState,
     apply_subscription,
+    fulfil_pack_order,
     grant_invoice_allowance,
-    grant_purchase,
     invoice_allowance,
     invoice_for_update,
     link_customer,
@@ -110,70 +111,59 @@ def checkout_completed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> 
 
 
 def _pack_checkout(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any], user: User) -> Outcome:
+    """A pack bought through Checkout: the one pack-order flow, with the session's line-item prices fetched
+    before the transaction (`prefetch`), and the refunds or disputes that arrived first applied after the grant."""
     session_id = str(obj.get("id"))
-    existing = ctx.session.execute(
-        select(Purchase)
-        .where(Purchase.provider == PROVIDER, Purchase.provider_order_id == session_id)
-        .with_for_update()
-    ).scalar_one_or_none()
-    if existing is not None and existing.status != "pending":
-        return Outcome.done(purchase_id=str(existing.id), already=existing.status)
-    pack = pack_by_id(ctx.session, _meta(obj).get("item_id"))
-    if pack is None:
-        return Outcome.rejected("the checkout names no known pack", session=session_id)
-    currency = str(obj.get("currency") or "").lower()
-    total = obj.get("amount_total")
-    try:
-        expected = to_minor(pack.price, pack.currency)
-    except ValueError:
-        expected = -1
-    if currency != pack.currency.lower() or total != expected:
-        return Outcome.rejected(
-            "the amount Stripe reports does not match the pack's price",
-            session=session_id,
-            reported={"amount_total": total, "currency": currency},
-            expected={"amount_total": expected, "currency": pack.currency.lower()},
-        )
-    if pack.stripe_price_id and adapters.stripe_api_configured():
-        prices = adapters.stripe_gateway().checkout_price_ids(session_id)
-        if pack.stripe_price_id not in prices:
-            return Outcome.rejected(
-                "the session's line items do not carry the pack's price", session=session_id, prices=prices
-            )
-    purchase = existing or Purchase(
-        id=new_id(),
+    payment_intent = _id(obj.get("payment_intent"))
+    order = PackOrder(
         provider=PROVIDER,
-        provider_order_id=session_id,
-        user_id=user.id,
-        item_kind="pack",
-        item_id=pack.id,
-        package_name=pack.name,
-        credits=pack.credits,
-        amount=to_major(total, currency),
-        currency=currency,
-        status="pending",
-        metadata_={},
+        order_id=session_id,
+        pack_ref=_meta(obj).get("item_id"),
+        amount_minor=obj.get("amount_total") if isinstance(obj.get("amount_total"), int) else None,
+        currency=str(obj.get("currency") or "").lower() or None,
+        paid=obj.get("payment_status") in {"paid", "no_payment_required"},
+        paid_at=ctx.provider_time,
+        payment_id=payment_intent,
+        customer_id=_id(obj.get("customer")),
+        price_refs=tuple(ctx.fetched.get(LINE_ITEM_PRICES) or ()),
     )
-    purchase.provider_payment_id = _id(obj.get("payment_intent")) or purchase.provider_payment_id
-    purchase.provider_customer_id = _id(obj.get("customer")) or purchase.provider_customer_id
-    purchase.livemode = ctx.livemode
-    if obj.get("payment_status") not in {"paid", "no_payment_required"}:
-        ctx.session.add(purchase)
-        return Outcome.done(purchase_id=str(purchase.id), status="pending", payment_status=obj.get("payment_status"))
-    purchase.paid_at = ctx.provider_time or ctx.now
-    granted = grant_purchase(ctx, purchase)
-    ctx.session.add(purchase)  # one INSERT, complete, at the transaction's flush
-    late = (
-        _apply_early_reversals(ctx, event, PURCHASE_REVERSALS, payment_intent=purchase.provider_payment_id)
-        if purchase.provider_payment_id
-        else []
-    )
-    return Outcome.done(
-        purchase_id=str(purchase.id),
-        granted=str(granted.amount),
-        grant_id=str(granted.grant_id),
-        **({"late_reversals": late} if late else {}),
-    )
+
+    def early_reversals(purchase: Purchase) -> dict[str, Any]:
+        if not purchase.provider_payment_id:
+            return {}
+        late = _apply_early_reversals(ctx, event, PURCHASE_REVERSALS, payment_intent=purchase.provider_payment_id)
+        return {"late_reversals": late} if late else {}
+
+    outcome = fulfil_pack_order(ctx, user, order, on_granted=early_reversals)
+    if outcome.detail.get("status") == "pending":
+        outcome.detail["payment_status"] = obj.get("payment_status")
+    return outcome
+
+
+# What `prefetch` stores in `ctx.fetched`: the price ids of a pack checkout's line items.
+LINE_ITEM_PRICES = "line_item_prices"
+
+
+def prefetch(payload: dict[str, Any], uow_factory: Callable[[], UnitOfWork]) -> dict[str, Any]:
+    """What an event needs from Stripe's API, fetched BEFORE the event's transaction opens (no provider call
+    under a row lock): the line-item prices of a paid checkout of a pack that sells through a Stripe price, where
+    the API is configured. The pack is read in a short unit of work closed before the call. A failure raises (the
+    event is recorded failed and answered 5xx, so Stripe retries)."""
+    if payload.get("type") not in {"checkout.session.completed", "checkout.session.async_payment_succeeded"}:
+        return {}
+    obj = (payload.get("data") or {}).get("object")
+    if not isinstance(obj, dict) or not obj.get("id") or obj.get("mode") != "payment":
+        return {}
+    if _meta(obj).get("kind", "pack") != "pack" or obj.get("payment_status") not in {"paid", "no_payment_required"}:
+        return {}
+    if not adapters.stripe_api_configured():
+        return {}
+    with uow_factory() as uow:
+        pack = pack_by_id(uow.session, _meta(obj).get("item_id"))
+        sells_through_price = pack is not None and bool(pack.stripe_price_id)
+    if not sells_through_price:
+        return {}  # nothing to check the line items against
+    return {LINE_ITEM_PRICES: adapters.stripe_gateway().checkout_price_ids(str(obj["id"]))}
 
 
 def async_payment_failed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
