@@ -2,7 +2,8 @@
 
 They speak the providers' wire formats for the calls Tollgate makes: Stripe's form-encoded requests with bearer
 secret keys and JSON answers (`/v1/checkout/sessions`, `/v1/checkout/sessions/{id}/line_items`,
-`/v1/billing_portal/sessions`, `GET /v1/events` for reconciliation, Stripe-style error bodies), and Lemon Squeezy's
+`/v1/billing_portal/sessions`, `GET /v1/events` for reconciliation, `POST /v1/payment_intents` off-session with
+Stripe's test cards, Stripe-style error bodies), and Lemon Squeezy's
 JSON:API (`POST /v1/checkouts`, `GET /v1/orders`, `/v1/subscriptions`, `/v1/subscription-invoices`,
 with `application/vnd.api+json`), and Asaas's API v3 (`/v3/customers`, `/v3/payments`, `/v3/subscriptions`, JSON with
 the `access_token` header, `{"errors": [{"code", "description"}]}` error bodies).
@@ -115,6 +116,72 @@ class StripeStandIn(StandIn):
         # Events the account produced; those in `undelivered` failed to reach a webhook endpoint.
         self.events: list[dict[str, Any]] = []
         self.undelivered: set[str] = set()
+        # PaymentIntents made (one per distinct Idempotency-Key), and each key's first request and answer.
+        self.payment_intents: dict[str, dict[str, Any]] = {}
+        self.intent_keys: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = {}
+
+    # Stripe's test payment methods: what confirming a PaymentIntent off-session with them answers.
+    CARD_OUTCOMES: dict[str, tuple[str, str, str] | None] = {
+        "pm_card_visa": None,
+        "pm_card_mastercard": None,
+        "pm_card_chargeDeclined": ("card_declined", "generic_decline", "Your card was declined."),
+        "pm_card_chargeDeclinedInsufficientFunds": (
+            "card_declined", "insufficient_funds", "Your card has insufficient funds.",
+        ),
+        "pm_card_authenticationRequired": (
+            "authentication_required", "authentication_required",
+            "Your card was declined. This transaction requires authentication.",
+        ),
+    }  # fmt: skip
+
+    def _create_payment_intent(self, rec: Recorded) -> tuple[int, Any, str]:
+        """`POST /v1/payment_intents` (confirm=true, off_session=true): succeeded at once for a good card, else
+        HTTP 402 with a `card_error` whose `payment_intent` is left `requires_payment_method`. A repeated
+        Idempotency-Key answers the first answer again (same status, same object); with other parameters, 400."""
+        form, key = rec.form, rec.headers.get("idempotency-key")
+        if key and key in self.intent_keys:
+            first_form, status, answer = self.intent_keys[key]
+            if first_form != form:
+                message = (
+                    "Keys for idempotent requests can only be used with the same parameters they were first used with."
+                )
+                return 400, {"error": {"type": "idempotency_error", "message": message}}, "application/json"
+            return status, answer, "application/json"
+        for required in ("amount", "currency"):
+            if required not in form:
+                return 400, self.error_body(400, f"Missing required param: {required}."), "application/json"
+        method = form.get("payment_method")
+        if form.get("confirm") == "true" and not method:
+            return 400, self.error_body(400, "You must provide a payment_method to confirm."), "application/json"
+        if method not in self.CARD_OUTCOMES:
+            return 400, self.error_body(400, f"No such PaymentMethod: '{method}'"), "application/json"
+        intent_id = f"pi_{uuid.uuid4().hex[:24]}"
+        refusal = self.CARD_OUTCOMES[method]
+        intent: dict[str, Any] = {
+            "id": intent_id, "object": "payment_intent", "amount": int(form["amount"]),
+            "amount_received": 0 if refusal else int(form["amount"]), "currency": form["currency"],
+            "customer": form.get("customer"), "payment_method": method, "confirmation_method": "automatic",
+            "capture_method": "automatic", "metadata": nested_form(form, "metadata"),
+            "status": "requires_payment_method" if refusal else "succeeded",
+            "latest_charge": f"ch_{uuid.uuid4().hex[:24]}", "last_payment_error": None, "livemode": False,
+            "created": 1_764_633_600,
+        }  # fmt: skip
+        self.payment_intents[intent_id] = intent
+        if refusal is None:
+            status, answer = 200, intent
+        else:
+            code, decline, message = refusal
+            error = {
+                "type": "card_error", "code": code, "decline_code": decline, "message": message,
+                "charge": intent["latest_charge"],
+                "doc_url": f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}",
+                "payment_method": {"id": method, "object": "payment_method", "type": "card"},
+            }  # fmt: skip
+            intent["last_payment_error"] = dict(error)
+            status, answer = 402, {"error": {**error, "payment_intent": intent}}
+        if key:
+            self.intent_keys[key] = (form, status, answer)
+        return status, answer, "application/json"
 
     def add_event(self, event: dict[str, Any], *, delivered: bool = False) -> dict[str, Any]:
         self.events.append(event)
@@ -197,6 +264,8 @@ class StripeStandIn(StandIn):
             if key:
                 self.idempotent[key] = (form, session)
             return 200, session, "application/json"
+        if rec.method == "POST" and path == "/v1/payment_intents":
+            return self._create_payment_intent(rec)
         if rec.method == "GET" and path == "/v1/events":
             return self._list_events(dict(parse_qsl(urlsplit(rec.path).query, keep_blank_values=True)))
         match = re.fullmatch(r"/v1/checkout/sessions/([^/]+)/line_items", path)

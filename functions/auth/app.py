@@ -16,7 +16,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
-from tollgate.auth.scopes import DEFAULT_SCOPES, Scope
+from tollgate.auth.scopes import DEFAULT_SCOPES, SCOPES, Scope
 from tollgate.db import UnitOfWork
 from tollgate.http.api import JSON, create_app, current_principal
 from tollgate.http.edge import Cursor, Limit, StrictBody, Timestamp, documented_errors
@@ -536,7 +536,7 @@ def revoke_session(session_id: uuid.UUID) -> Response[str]:
     "/auth/api-keys",
     summary="Create a scoped API key (the secret is shown once)",
     description=(
-        "A key holds only its scopes (profile:read, credits:read, credits:write, rag, billing:read, admin; default"
+        "A key holds only its scopes (" + ", ".join(SCOPES) + "; default"
         " profile:read + credits:read) and never reaches /auth/* credential routes; every route declares the"
         " scope it needs (tollgate/auth/scopes.py)." + STEP_UP
     ),

@@ -20,7 +20,7 @@ from tollgate.http.api import create_app, current_principal
 from tollgate.http.edge import Cursor, Limit, OptionalTimestampQuery, StrictBody, Timestamp, idempotency_key
 from tollgate.ledger import SCALE
 from tollgate.observability import logger, metrics, tracer
-from tollgate.services import credits, credits_admin
+from tollgate.services import auto_topup, credits, credits_admin
 
 app = create_app("credits")
 
@@ -73,6 +73,13 @@ class HoldIn(StrictBody):
 
 class CaptureIn(StrictBody):
     amount: CreditsIn
+
+
+class AutoTopUpIn(StrictBody):
+    enabled: bool
+    threshold: CreditsIn = Field(ge=0)  # available credits under which a top-up starts
+    pack_id: uuid.UUID
+    monthly_cap: MoneyIn = Field(gt=0)  # money per calendar month (UTC), in the pack's currency
 
 
 class SettingsIn(StrictBody):
@@ -237,6 +244,31 @@ class CaptureOut(BaseModel):
 class ReleaseOut(BaseModel):
     released: CreditsOut
     balance: CreditsOut
+
+
+class AutoTopUpAttemptOut(BaseModel):
+    id: uuid.UUID
+    sequence: int
+    status: str
+    amount: MoneyOut
+    currency: str
+    credits: CreditsOut
+    payment_intent_id: str | None
+    failure_code: str | None
+    failure_reason: str | None
+    created_at: datetime
+
+
+class AutoTopUpOut(BaseModel):
+    enabled: bool
+    threshold: CreditsOut | None
+    pack_id: uuid.UUID | None
+    monthly_cap: MoneyOut | None
+    currency: str | None
+    disabled_reason: str | None
+    disabled_at: datetime | None
+    spent_this_month: MoneyOut
+    last_attempt: AutoTopUpAttemptOut | None
 
 
 class TransactionOut(BaseModel):
@@ -413,6 +445,27 @@ def _balance_out(view: credits.BalanceView) -> BalanceOut:
     )
 
 
+def _auto_topup_out(view: auto_topup.AutoTopUpView) -> AutoTopUpOut:
+    last = view.last_attempt
+    return AutoTopUpOut(
+        enabled=view.enabled,
+        threshold=view.threshold,
+        pack_id=view.pack_id,
+        monthly_cap=view.monthly_cap,
+        currency=view.currency,
+        disabled_reason=view.disabled_reason,
+        disabled_at=view.disabled_at,
+        spent_this_month=view.spent_this_month,
+        last_attempt=AutoTopUpAttemptOut(
+            id=last.id, sequence=last.sequence, status=last.status, amount=last.amount, currency=last.currency,
+            credits=last.credits, payment_intent_id=last.payment_intent_id, failure_code=last.failure_code,
+            failure_reason=last.failure_reason, created_at=last.created_at,
+        )
+        if last is not None
+        else None,
+    )  # fmt: skip
+
+
 def _costs_out(costs: dict[str, Decimal]) -> dict[str, str]:
     return {op: _credits_str(cost) for op, cost in costs.items()}
 
@@ -497,6 +550,20 @@ def usage_summary(days: Annotated[int, Query(ge=1, le=366)] = 30) -> list[UsageL
 @app.get("/credits/costs", summary="The cost per unit of each operation for the caller's plan")
 def costs() -> dict[str, str]:
     return _costs_out(credits.costs_for(UnitOfWork(), _user_id()))
+
+
+@app.get("/credits/auto-topup", summary="The caller's auto top-up setting and its last attempt")
+def get_auto_topup() -> AutoTopUpOut:
+    return _auto_topup_out(auto_topup.get_auto_topup(UnitOfWork(), _user_id()))
+
+
+@app.put("/credits/auto-topup", summary="Buy a pack with the saved card whenever the balance runs low")
+def put_auto_topup(body: AutoTopUpIn) -> AutoTopUpOut:
+    view = auto_topup.update_auto_topup(
+        UnitOfWork(), _user_id(), enabled=body.enabled, threshold=body.threshold, pack_id=body.pack_id,
+        monthly_cap=body.monthly_cap,
+    )  # fmt: skip
+    return _auto_topup_out(view)
 
 
 @app.patch("/credits/settings", summary="Whether purchased credits are used automatically")

@@ -2,7 +2,11 @@
 
 Invoked two ways:
 - by CloudFormation (`Custom::Migrations`): Create and Update upgrade, Delete does nothing (the data outlives the
-  stack); the outcome is PUT to the event's ResponseURL, and FAILED fails (and rolls back) the deploy;
+  stack); the outcome is PUT to the event's ResponseURL, and FAILED fails (and rolls back) the deploy. A success
+  also returns ConfigurationFingerprint, a digest of the resource's properties (every parameter value that
+  reaches a function's configuration among them), which every other function's version description and
+  environment carry: SAM names versions after the template's text, so this is what makes a deploy that changes
+  only parameter values publish new versions, and only once the migrations have run;
 - directly (`tollgate migrate --aws STACK`, any other event): upgrade and return the heads, or raise.
 
 It connects as the schema owner (MIGRATION_DB_USER); the role the other functions use is its DB_USER.
@@ -10,6 +14,7 @@ It connects as the schema owner (MIGRATION_DB_USER); the role the other function
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.request
 from pathlib import Path
@@ -27,6 +32,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # CloudFormation's reason field is bounded (the whole response must stay under 4 KB).
 MAX_REASON_CHARS = 1000
 RESPONSE_TIMEOUT_SECONDS = 30
+# Short enough for a version description, long enough that two configurations never meet by chance.
+FINGERPRINT_HEX_CHARS = 16
 
 
 def migration_settings(settings: Settings) -> Settings:
@@ -76,12 +83,23 @@ def respond(event: dict[str, Any], status: str, reason: str, data: dict[str, Any
         answer.read()
 
 
+def configuration_fingerprint(properties: dict[str, Any]) -> str:
+    """The first hex digits of the sha256 of the properties' canonical JSON (sorted keys, no spaces): equal for
+    equal properties whatever their order, different when any value changes."""
+    canonical = json.dumps(properties, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:FINGERPRINT_HEX_CHARS]
+
+
 def custom_resource(event: dict[str, Any]) -> dict[str, Any]:
     request_type = event.get("RequestType")
     try:
         if request_type in {"Create", "Update"}:
             result = upgrade()
-            data = {"Heads": ",".join(result["heads"]), "AppRole": result["app_role"] or ""}
+            data = {
+                "Heads": ",".join(result["heads"]),
+                "AppRole": result["app_role"] or "",
+                "ConfigurationFingerprint": configuration_fingerprint(event.get("ResourceProperties") or {}),
+            }
             respond(event, "SUCCESS", f"schema at {data['Heads']}", data)
             return result
         # Delete: the schema and its data stay (the cluster keeps a snapshot policy of its own).

@@ -35,3 +35,15 @@ def log_retention(event: dict[str, Any], context: LambdaContext) -> dict[str, An
     report = run_log_retention(settings.log_group_prefixes, settings.log_retention_days, settings.aws_region)
     logger.info("job run", extra=report.as_dict())
     return report.as_dict()
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def outbox_relay(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """OutboxRelay has no cursor: each pass claims what is due (SKIP LOCKED), so overlapping runs share work."""
+    from tollgate.jobs.outbox_relay import OutboxRelay
+
+    report = OutboxRelay().run(remaining_ms=context.get_remaining_time_in_millis)
+    logger.info("job run", extra=report.as_dict())
+    return report.as_dict()

@@ -12,7 +12,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StrictInt, StringConstraints
 
 from tollgate.db import UnitOfWork
 from tollgate.http.api import create_app, current_principal
@@ -35,7 +35,7 @@ MAX_DECLARED_BYTES = 5 * 2**40  # far past any tier's limit: the service answers
 class UploadIn(StrictBody):
     name: FileName
     content_type: ContentType
-    size: int = Field(ge=1, le=MAX_DECLARED_BYTES)
+    size: StrictInt = Field(ge=1, le=MAX_DECLARED_BYTES)  # a count of bytes: never "5", 1.0 or true
     metadata: dict[str, Any] | None = None
 
 

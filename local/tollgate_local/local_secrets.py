@@ -1,8 +1,8 @@
 """Local stand-ins for secrets AWS keeps in Secrets Manager (the JWT key and the webhook signing secrets).
 
-JWT_SIGNING_KEY: in AWS the app secret generates it. Locally, when neither the environment nor `.env` sets
-it, one is generated once from the OS CSPRNG and kept in `$TOLLGATE_DATA_DIR/jwt.key` (mode 0600), so tokens
-survive a restart of `tollgate serve` and no key is ever written in code.
+JWT_SIGNING_KEY: in AWS the signing secret (`tollgate/<stage>/signing`) generates it. Locally, when neither the
+environment nor `.env` sets it, one is generated once from the OS CSPRNG and kept in `$TOLLGATE_DATA_DIR/jwt.key`
+(mode 0600), so tokens survive a restart of `tollgate serve` and no key is ever written in code.
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ def ensure_jwt_signing_key(data_dir: Path | None = None) -> Path | None:
     return path
 
 
-# Webhook signing secrets: in AWS they come from the providers (put in the app secret). Locally, unset, one of
+# Webhook signing secrets: in AWS they come from the providers (put in the payments secret). Locally, unset, one of
 # each is generated once and kept beside jwt.key, so `tollgate serve` and `tollgate webhooks send` (two
 # processes) sign and verify with the same secret and the README's purchase flow needs no `.env`.
 WEBHOOK_SECRET_FILES = {
     "STRIPE_WEBHOOK_SECRET": "stripe_webhook.secret",
     "LEMONSQUEEZY_WEBHOOK_SECRET": "lemonsqueezy_webhook.secret",
     "CLERK_WEBHOOK_SECRET": "clerk_webhook.secret",
+    "ASAAS_WEBHOOK_TOKEN": "asaas_webhook.token",  # 43 characters: within Asaas's 32-255
 }
 
 
@@ -68,6 +69,7 @@ def ensure_webhook_secrets(data_dir: Path | None = None) -> dict[str, Path]:
         "STRIPE_WEBHOOK_SECRET": settings.stripe_webhook_secret,
         "LEMONSQUEEZY_WEBHOOK_SECRET": settings.lemonsqueezy_webhook_secret,
         "CLERK_WEBHOOK_SECRET": settings.clerk_webhook_secret,
+        "ASAAS_WEBHOOK_TOKEN": settings.asaas_webhook_token,
     }
     folder = data_dir or settings.data_dir
     used: dict[str, Path] = {}

@@ -185,7 +185,9 @@ class CloudFormationStandIn:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/response?X-Amz-Signature=stand-in"
 
-    def event(self, request_type: str, physical_id: str | None = None) -> dict[str, Any]:
+    def event(
+        self, request_type: str, physical_id: str | None = None, properties: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         event: dict[str, Any] = {
             "RequestType": request_type,
             "ResponseURL": self.url,
@@ -193,7 +195,7 @@ class CloudFormationStandIn:
             "RequestId": f"request-{request_type}",
             "LogicalResourceId": "Migrations",
             "ResourceType": "Custom::Migrations",
-            "ResourceProperties": {"ServiceToken": "arn", "RunId": "1"},
+            "ResourceProperties": properties or {"ServiceToken": "arn", "RunId": "1"},
         }
         if physical_id:
             event["PhysicalResourceId"] = physical_id
@@ -224,17 +226,59 @@ def test_custom_resource_create_update_delete_are_answered_at_the_response_url(
     assert cloudformation.content_types[-1] == ""  # what the pre-signed URL was signed for
     physical_id = created["PhysicalResourceId"]
 
+    # And the fingerprint of its properties, which the functions' versions carry
+    fingerprint = created["Data"]["ConfigurationFingerprint"]
+    assert fingerprint == handler.configuration_fingerprint({"ServiceToken": "arn", "RunId": "1"})
+    assert len(fingerprint) == 16 and int(fingerprint, 16) >= 0
+
     # When an update comes (a new deploy), Then it upgrades again and keeps the physical id (no replacement)
     handler.lambda_handler(cloudformation.event("Update", physical_id), context())
     updated = cloudformation.responses[-1]
     assert updated["Status"] == "SUCCESS" and updated["PhysicalResourceId"] == physical_id
+    # And the same properties give the same fingerprint (the versions stay)
+    assert updated["Data"]["ConfigurationFingerprint"] == fingerprint
 
-    # When the stack is deleted, Then it answers SUCCESS and leaves the schema alone
+    # When an update changes only a configuration value (a parameter-only deploy)
+    changed = {"ServiceToken": "arn", "RunId": "1", "Configuration": {"AppUrl": "https://new.example.com"}}
+    handler.lambda_handler(cloudformation.event("Update", physical_id, changed), context())
+    reconfigured = cloudformation.responses[-1]
+    # Then it migrates as ever and answers another fingerprint (every function publishes a new version)
+    assert reconfigured["Status"] == "SUCCESS" and reconfigured["PhysicalResourceId"] == physical_id
+    assert reconfigured["Data"]["ConfigurationFingerprint"] not in {"", fingerprint}
+
+    # When the stack is deleted, Then it answers SUCCESS, with no data, and leaves the schema alone
     handler.lambda_handler(cloudformation.event("Delete", physical_id), context())
     deleted = cloudformation.responses[-1]
     assert deleted["Status"] == "SUCCESS" and deleted["PhysicalResourceId"] == physical_id
+    assert deleted["Data"] == {}
     assert api_call("GET", "/health").status == 200
-    assert len(cloudformation.responses) == 3
+    assert len(cloudformation.responses) == 4
+
+
+def test_the_configuration_fingerprint_follows_the_properties_and_nothing_else() -> None:
+    handler = load_handler()
+    # Given the properties of a deploy, as CloudFormation hands them on (strings, lists, nested maps)
+    properties: dict[str, Any] = {
+        "ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:migrate:live",
+        "RunId": "",
+        "Configuration": {"AppUrl": "https://app.example.com", "SubnetIds": ["subnet-a", "subnet-b"], "Unicode": "é"},
+    }
+    fingerprint = handler.configuration_fingerprint(properties)
+    # Then it is 16 hex digits, and equal properties in another order give the same one
+    assert len(fingerprint) == 16 and set(fingerprint) <= set("0123456789abcdef")
+    reordered = dict(reversed(list(properties.items())))
+    reordered["Configuration"] = dict(reversed(list(properties["Configuration"].items())))
+    assert handler.configuration_fingerprint(reordered) == fingerprint
+    # And a change to any one value, however deep, gives another
+    variants: list[dict[str, Any]] = [
+        {**properties, "RunId": "1"},
+        {**properties, "Configuration": {**properties["Configuration"], "AppUrl": "https://app.example.org"}},
+        {**properties, "Configuration": {**properties["Configuration"], "SubnetIds": ["subnet-b", "subnet-a"]}},
+        {**properties, "Configuration": {**properties["Configuration"], "Unicode": "e"}},
+        {**properties, "Configuration": {**properties["Configuration"], "SnapStart": "On"}},
+    ]
+    fingerprints = {handler.configuration_fingerprint(variant) for variant in variants}
+    assert fingerprint not in fingerprints and len(fingerprints) == len(variants)
 
 
 def test_a_failed_migration_answers_failed_so_the_deploy_fails(

@@ -344,3 +344,150 @@ def test_the_cli_builds_clerk_billing_events_the_webhook_applies(db, payments_en
     # Then the item and its payment match: the user is PRO with the allowance
     assert [a.json["status"] for a in answers] == ["processed", "processed"]
     assert user_row(db, member)["tier"] == "PRO" and balance(db, member) == Decimal("1000")
+
+
+# --- plan changes: Clerk makes a new subscription item for each -----------------------------------------------------
+BUSINESS_ITEM = "csubi_business_for_tests"
+PRO_ITEM_AGAIN = "csubi_pro_again_for_tests"
+
+
+def plan_attempt(
+    attempt_id: str, *, item_id: str, plan_id: str, price: int, paid: int, start: int, end: int, **fields: Any
+) -> dict[str, Any]:
+    """A paid attempt for `item_id` on `plan_id` (price per period `price`, `paid` charged), for [start, end)."""
+    event = attempt_event(attempt_id, at=start + 5, start=start, **fields)
+    data = event["data"]
+    item = data["subscription_items"][0]
+    money = {"amount": price, "amount_formatted": f"{price / 100:.2f}", "currency": "USD", "currency_symbol": "$"}
+    item.update(id=item_id, plan_id=plan_id, period_end=end, amount=money)
+    item["plan"].update(id=plan_id, amount=price)
+    charged = {**money, "amount": paid, "amount_formatted": f"{paid / 100:.2f}"}
+    data["totals"] = {"subtotal": charged, "tax_total": {**charged, "amount": 0}, "grand_total": charged}
+    return event
+
+
+def outcome(db: Callable[[], UnitOfWork], msg_id: str) -> dict[str, Any]:
+    """What the stored event's handler answered (its rule and grant)."""
+    with db() as uow:
+        row = uow.session.execute(
+            text("SELECT outcome FROM webhook_events WHERE provider = 'clerk' AND event_id = :e"), {"e": msg_id}
+        ).scalar_one()
+    return dict(row.get("detail", row))
+
+
+def granted(db: Callable[[], UnitOfWork], attempt_id: str) -> Decimal:
+    with db() as uow:
+        return Decimal(
+            uow.session.execute(
+                text("SELECT credits_granted FROM invoices WHERE provider = 'clerk' AND provider_invoice_id = :i"),
+                {"i": attempt_id},
+            ).scalar_one()
+        )
+
+
+@pytest.mark.parametrize(
+    ("new_period", "expected"),
+    [
+        # Clerk keeps the period's end: the difference (5000 - 1000) for the half left = 2000
+        ("kept", Decimal("2000")),
+        # Clerk starts a whole new month: 2000 for the half left plus 2500 for the half past the old end,
+        # capped at one Business period minus the Pro period granted = 4000
+        ("restarted", Decimal("4000")),
+    ],
+)
+def test_an_upgrade_mid_period_grants_the_difference_for_the_time_left_then_the_renewal_grants_in_full(
+    db, payments_env, clerk_plans, member, new_period, expected
+):
+    # Given a user on Pro, granted Pro's 1000 for the month
+    start = now_ms() - 2 * MONTH_MS
+    send_clerk(attempt_event("cpay_pro", at=start + 5, start=start), msg_id="msg_pro")
+    # When they upgrade to Business halfway through: a new item and its paid attempt for the prorated price
+    half = start + MONTH_MS // 2
+    end = start + MONTH_MS if new_period == "kept" else half + MONTH_MS
+    upgrade = plan_attempt(
+        "cpay_up", item_id=BUSINESS_ITEM, plan_id=BUSINESS_PLAN, price=7900, paid=3000, start=half, end=end
+    )
+    answer = send_clerk(upgrade, msg_id="msg_up")
+    # Then it grants the allowance difference for the time left, never Business's whole allowance on top
+    assert answer.status == 200 and answer.json["status"] == "processed", answer.body
+    assert outcome(db, "msg_up")["rule"] == "upgrade"
+    assert granted(db, "cpay_up") == expected
+    assert granted(db, "cpay_pro") + granted(db, "cpay_up") <= Decimal("5000")
+    # When the Business item renews (and Clerk reports the renewal twice)
+    renewal = [
+        plan_attempt(
+            f"cpay_biz_{n}",
+            item_id=BUSINESS_ITEM,
+            plan_id=BUSINESS_PLAN,
+            price=7900,
+            paid=7900,
+            start=end,
+            end=end + MONTH_MS,
+            charge_type="recurring",
+        )
+        for n in range(2)
+    ]
+    renewed = [send_clerk(event, msg_id=f"msg_renew_{n}") for n, event in enumerate(renewal)]
+    # Then the next period grants Business's full allowance, once
+    assert [r.json["status"] for r in renewed] == ["processed", "processed"]
+    assert [outcome(db, f"msg_renew_{n}")["granted"] for n in range(2)] == ["5000.0000", "0"]
+    assert sorted(Decimal(g["amount"]) for g in grants(db, member, "allowance")) == sorted(
+        [Decimal("1000"), expected, Decimal("5000")]
+    )
+    assert ledger_is_consistent(db, member)
+
+
+@pytest.mark.parametrize("new_period", ["kept", "restarted"])
+def test_a_downgrade_mid_period_grants_nothing_until_the_next_period(db, payments_env, clerk_plans, member, new_period):
+    # Given a user on Business, granted Business's 5000 for the month
+    start = now_ms() - 2 * MONTH_MS
+    send_clerk(
+        plan_attempt(
+            "cpay_biz",
+            item_id=BUSINESS_ITEM,
+            plan_id=BUSINESS_PLAN,
+            price=7900,
+            paid=7900,
+            start=start,
+            end=start + MONTH_MS,
+        ),
+        msg_id="msg_biz",
+    )
+    # When they move down to Pro halfway through: a new Pro item whose attempt is paid by the credit (0 charged)
+    half = start + MONTH_MS // 2
+    end = start + MONTH_MS if new_period == "kept" else half + MONTH_MS
+    down = plan_attempt("cpay_down", item_id=ITEM, plan_id=PRO_PLAN, price=1900, paid=0, start=half, end=end)
+    answer = send_clerk(down, msg_id="msg_down")
+    # Then nothing is granted for the rest of the period
+    assert answer.status == 200 and answer.json["status"] == "processed", answer.body
+    assert (outcome(db, "msg_down")["rule"], granted(db, "cpay_down")) == ("downgrade", Decimal(0))
+    # When the Pro item's next period is paid
+    renewal = plan_attempt(
+        "cpay_pro_next", item_id=ITEM, plan_id=PRO_PLAN, price=1900, paid=1900, start=end, end=end + MONTH_MS,
+        charge_type="recurring",
+    )  # fmt: skip
+    renewed = send_clerk(renewal, msg_id="msg_pro_next")
+    # Then Pro's full allowance is granted for it
+    assert renewed.json["status"] == "processed" and outcome(db, "msg_pro_next")["granted"] == "1000.0000"
+    assert sorted(Decimal(g["amount"]) for g in grants(db, member, "allowance")) == [Decimal("1000"), Decimal("5000")]
+    assert ledger_is_consistent(db, member)
+
+
+def test_a_paid_attempt_for_less_than_the_price_grants_pro_rata(db, payments_env, clerk_plans, member):
+    # Given a first Pro checkout Clerk reports paid for half of the item's price, and a later period paid 0
+    start = now_ms() - 2 * MONTH_MS
+    half_paid = plan_attempt(
+        "cpay_half", item_id=ITEM, plan_id=PRO_PLAN, price=1900, paid=950, start=start, end=start + MONTH_MS
+    )
+    unpaid = plan_attempt(
+        "cpay_zero", item_id=ITEM, plan_id=PRO_PLAN, price=1900, paid=0, start=start + MONTH_MS,
+        end=start + 2 * MONTH_MS, charge_type="recurring",
+    )  # fmt: skip
+    # When they arrive
+    first, second = send_clerk(half_paid, msg_id="msg_half"), send_clerk(unpaid, msg_id="msg_zero")
+    # Then the allowance follows what was paid: half of Pro's, then nothing
+    assert first.json["status"] == second.json["status"] == "processed"
+    assert (outcome(db, "msg_half")["rule"], granted(db, "cpay_half")) == ("pro_rata", Decimal("500"))
+    assert (outcome(db, "msg_zero")["rule"], granted(db, "cpay_zero")) == ("pro_rata", Decimal(0))
+    assert balance(db, member) <= Decimal("500")
+    assert ledger_is_consistent(db, member)

@@ -122,7 +122,25 @@ class Settings(BaseSettings):
     ai_usage_retention_days: int = Field(default=400, ge=1)
     job_cursor_retention_days: int = Field(default=90, ge=1)
 
-    # --- auth (issue 4: accounts, sign-in, mail, the authorizer) -------------------------------------------
+    # --- domain events out (issue 17: the outbox, its relay, EventBridge, outbound webhooks) ----------------
+    # local: the relay writes every event to the console and delivers to the registered webhook endpoints,
+    # which may be http://localhost. aws: PutEvents to OUTBOX_EVENT_BUS_NAME; webhook URLs must be public https.
+    outbox_delivery: Literal["local", "aws"] = "local"
+    outbox_event_bus_name: str | None = None
+    # Emit credits.low / credits.depleted from charges and holds (one indexed look-up per spend).
+    outbox_balance_events: bool = True
+    # The relay: deliveries claimed per batch, the claim's lease, attempts before DEAD, backoff 2^n from base.
+    outbox_batch_size: int = Field(default=100, ge=1, le=1000)
+    outbox_lease_seconds: int = Field(default=120, ge=10, le=900)
+    outbox_max_attempts: int = Field(default=8, ge=1, le=50)
+    outbox_backoff_base_seconds: float = Field(default=30.0, ge=0, le=3600)
+    outbox_backoff_max_seconds: float = Field(default=3600.0, ge=1, le=86_400)
+    webhook_delivery_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
+    # One relay invocation keeps polling this long (1 s apart) before it returns: with the 1-minute schedule,
+    # an event waits about a second, not up to a minute (the template sets 58). 0: one pass per invocation
+    # (locally, where the schedules share one timer thread).
+    outbox_relay_run_seconds: float = Field(default=0.0, ge=0, le=840)
+
     # HS256 key of access tokens. In AWS the signing secret generates it; locally the CLI persists one in
     # $TOLLGATE_DATA_DIR/jwt.key. Never a default in code: unset, sign-in refuses to run.
     jwt_signing_key: SecretStr | None = None

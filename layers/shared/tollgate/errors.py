@@ -298,6 +298,12 @@ class AlreadySubscribed(Conflict):
     code = "already_subscribed"
 
 
+class CheckoutInProgress(Conflict):
+    """The same checkout (buyer, item, Idempotency-Key) is being created by another request right now."""
+
+    code = "checkout_in_progress"
+
+
 class PaymentProviderError(DependencyUnavailable):
     """The payment provider's API refused or failed a request."""
 
@@ -351,3 +357,23 @@ class StorageUnavailable(DependencyUnavailable):
     """The object store (S3) refused or failed a request."""
 
     code = "storage_unavailable"
+
+
+# --- auto top-up (issue 17) -------------------------------------------------------------------------------------
+class AutoTopUpPackUnavailable(Conflict):
+    """The pack named for auto top-up does not exist or is not on sale."""
+
+    code = "auto_topup_pack_unavailable"
+
+
+class NoDefaultPaymentMethod(Conflict):
+    """Auto top-up needs a card saved at Stripe (a customer with an attached payment method) before it can be
+    turned on."""
+
+    code = "no_default_payment_method"
+
+
+class MonthlyCapBelowPackPrice(Conflict):
+    """The monthly cap is less than one pack costs: no top-up could ever run; `details` carry both amounts."""
+
+    code = "monthly_cap_below_pack_price"

@@ -37,7 +37,7 @@ def signing_key(settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     if settings.jwt_signing_key is None:
         raise ConfigurationError(
-            "JWT_SIGNING_KEY is not set (in AWS it comes from the app secret; locally the CLI creates one)"
+            "JWT_SIGNING_KEY is not set (in AWS it comes from the signing secret; locally the CLI creates one)"
         )
     key = settings.jwt_signing_key.get_secret_value()
     if len(key.encode()) < MIN_KEY_BYTES:

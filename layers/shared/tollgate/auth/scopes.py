@@ -55,6 +55,8 @@ ROUTE_SCOPES: Final[dict[str, str]] = {
     "POST /credits/holds/{hold_id}/capture": "credits:write",
     "POST /credits/holds/{hold_id}/release": "credits:write",
     "PATCH /credits/settings": SESSION_ONLY,
+    "GET /credits/auto-topup": "credits:read",
+    "PUT /credits/auto-topup": SESSION_ONLY,  # it spends money with the saved card: the person decides
     # knowledge base
     "POST /rag/search": "rag",
     "POST /rag/ask": "rag",
@@ -98,6 +100,12 @@ ROUTE_SCOPES: Final[dict[str, str]] = {
     "POST /admin/webhooks/{event_id}/replay": "admin",
     "PUT /admin/users/{user_id}/plan": "admin",
     "DELETE /admin/users/{user_id}/plan": "admin",
+    # outbound webhook endpoints (domain events out)
+    "POST /admin/webhook-endpoints": "admin",
+    "GET /admin/webhook-endpoints": "admin",
+    "DELETE /admin/webhook-endpoints/{endpoint_id}": "admin",
+    "GET /admin/webhook-endpoints/{endpoint_id}/deliveries": "admin",
+    "POST /admin/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/replay": "admin",
 }
 
 CredentialKind = Literal["session", "api_key"]

@@ -2,15 +2,15 @@
 AES-256-GCM from `cryptography`.
 
 Each value gets its own random data key; the data key is wrapped by a key-encryption key (KEK) derived with
-HKDF-SHA256 from the app secret, and the KEK's id is stored with the value:
+HKDF-SHA256 from a master secret, and the KEK's id is stored with the value:
 
     v1.<kek id>.<wrapped data key>.<nonce + ciphertext + tag>      (base64url parts)
 
 Where the KEKs come from: `SECRET_ENCRYPTION_KEYS` (comma-separated master secrets, the first one seals, every
 one unseals: list the old one after the new one while rotating), or, when unset, `JWT_SIGNING_KEY`, which the
-app secret generates. The id is a fingerprint of the KEK, so no id needs to be configured. The context (e.g.
-`users.totp_secret:<user id>`) is bound as associated data: a sealed value copied to another row or column
-does not open.
+signing secret (`tollgate/<stage>/signing`) generates. The id is a fingerprint of the KEK, so no id needs to be
+configured. The context (e.g. `users.totp_secret:<user id>`) is bound as associated data: a sealed value copied
+to another row or column does not open.
 """
 
 from __future__ import annotations

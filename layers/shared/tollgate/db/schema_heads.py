@@ -9,8 +9,10 @@ SCHEMA_HEADS: tuple[str, ...] = (
     "0004_rag",
     "0006_jobs",
     "0008_auth_hardening",
-    "0012_billing_sources",
     "0014_storage_objects",
+    "0015_outbox",
+    "0016_auto_topup",
+    "0017_asaas_checkout_claims",
 )
 # Every revision this code knows: one outside it means the schema is newer than the code.
 SCHEMA_REVISIONS: tuple[str, ...] = (
@@ -27,4 +29,7 @@ SCHEMA_REVISIONS: tuple[str, ...] = (
     "0011_invoice_payment_intent",
     "0012_billing_sources",
     "0014_storage_objects",
+    "0015_outbox",
+    "0016_auto_topup",
+    "0017_asaas_checkout_claims",
 )

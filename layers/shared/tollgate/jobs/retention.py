@@ -11,9 +11,10 @@ What goes, and when (days are settings; see README "Scheduled jobs"):
   without messages;
 - the scheduled jobs' own cursors after `JOB_CURSOR_RETENTION_DAYS`;
 - files soft-deleted longer ago than `FILE_RESTORE_DAYS`, and uploads never completed within
-  `FILE_UPLOAD_COMPLETE_MINUTES`: their objects leave the store, then their rows go. The step only reads which
-  (no lock); the store is called after the step's transaction has committed, and each row is deleted only if
-  it still qualifies (a restore in between keeps it).
+  `FILE_UPLOAD_COMPLETE_MINUTES`, each 15 minutes more (files.PURGE_MARGIN: a restore or completion admitted
+  inside its window has committed by then): their objects leave the store, then their rows go. The step only
+  reads which (no lock); the store is called after the step's transaction has committed, and each row is
+  deleted only if it still qualifies.
 The ledger is never touched: credit_transactions is kept forever.
 """
 

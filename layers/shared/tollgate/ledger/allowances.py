@@ -23,6 +23,7 @@ from tollgate.db.base import new_id, utcnow
 from tollgate.errors import ValidationFailed
 from tollgate.ledger.core import GRANT_KINDS, as_json, credits
 from tollgate.ledger.results import GrantResult
+from tollgate.outbox import EventType, OutboxItem, emit_many
 
 ROLLOVERS = frozenset({"none", "capped", "full"})
 
@@ -211,6 +212,29 @@ def issue_allowances(
         results.append(GrantResult(grant_id, tx_id, amount, balance, created=True))
 
     _apply(session, writes, now)
+    # One `credits.granted` per new allowance grant, in the batch's transaction and in one statement.
+    new_grants = {g["id"]: g for g in writes.grants}
+    emit_many(
+        session,
+        [
+            OutboxItem(
+                EventType.CREDITS_GRANTED,
+                user_id=g["user_id"],
+                data={
+                    "grant_id": r.grant_id,
+                    "transaction_id": r.transaction_id,
+                    "kind": "allowance",
+                    "amount": r.amount,
+                    "balance": r.balance,
+                    "expires_at": g["expires_at"],
+                    "metadata": {"period": g["source_key"].removeprefix("allowance:")},
+                },
+            )
+            for r in results
+            if r is not None and r.created
+            for g in (new_grants[r.grant_id],)
+        ],
+    )
     return results
 
 

@@ -51,6 +51,7 @@ from tollgate.errors import (
     ValidationFailed,
 )
 from tollgate.input_bounds import LEDGER_KEY_MAX_LENGTH
+from tollgate.ledger.balance_events import STATE_CALL, after_charge, after_spend, state_params
 from tollgate.ledger.results import (
     AccountMismatch,
     AdjustResult,
@@ -64,6 +65,7 @@ from tollgate.ledger.results import (
     RefundResult,
     ReleaseResult,
 )
+from tollgate.outbox import EventType, emit
 
 SCALE = Decimal("0.0001")  # credits are NUMERIC(18, 4)
 MAX_CREDITS = Decimal("1000000000000")  # 1e12: far above any real grant, far below NUMERIC(18, 4)'s limit
@@ -578,7 +580,33 @@ def _new_grant(
         metadata=meta,
     )
     _set_account(session, user_id, now, balance=balance, debt=account["debt"] - repay)
+    emit_granted(session, user_id, kind=kind, amount=amount, grant_id=grant_id, transaction_id=tx_id,
+                 balance=balance, expires_at=expires_at, metadata=metadata)  # fmt: skip
     return GrantResult(grant_id, tx_id, amount, balance, created=True)
+
+
+def emit_granted(
+    session: Session,
+    user_id: uuid.UUID,
+    *,
+    kind: str,
+    amount: Decimal,
+    grant_id: uuid.UUID,
+    transaction_id: uuid.UUID,
+    balance: Decimal,
+    expires_at: datetime | None,
+    metadata: Mapping[str, Any] | None,
+) -> None:
+    """`credits.granted` for one new grant, in its transaction (every grant kind: purchase, allowance, ...)."""
+    emit(
+        session,
+        EventType.CREDITS_GRANTED,
+        user_id=user_id,
+        data={
+            "grant_id": grant_id, "transaction_id": transaction_id, "kind": kind, "amount": amount,
+            "balance": balance, "expires_at": expires_at, "metadata": dict(metadata or {}),
+        },
+    )  # fmt: skip
 
 
 def grant_signup_credits(session: Session, user_id: uuid.UUID) -> None:
@@ -592,6 +620,10 @@ def grant_signup_credits(session: Session, user_id: uuid.UUID) -> None:
 # --- charges --------------------------------------------------------------------------------------------------
 CHARGE_SQL = "SELECT * FROM tollgate_charge({}, {}, {}, {}, {}, {}, {}, CAST({} AS jsonb), {})"
 CHARGE_FIELDS = ("user_id", "tx", "operation", "quantity", "amount", "key", "hash", "metadata", "now")
+CHARGE_WITH_STATE = text(
+    "SELECT c.*, s.* FROM (" + CHARGE_SQL.format(*(f":{f}" for f in CHARGE_FIELDS)) + ") c "
+    "LEFT JOIN LATERAL " + STATE_CALL + " s ON c.status = 'ok'"
+)
 
 
 def _charge_params(
@@ -662,8 +694,16 @@ def charge(
     explicit `amount`, in one statement inside the caller's transaction. Raises InsufficientCredits (402,
     nothing stored), UnknownOperation, IdempotencyConflict, ValidationFailed."""
     params = _charge_params(user_id, operation, quantity, amount, idempotency_key, metadata, now)
-    row = session.execute(text(CHARGE_SQL.format(*(f":{f}" for f in CHARGE_FIELDS))), params).one()
-    return _charge_result(tuple(row), params["operation"])
+    if not get_settings().outbox_balance_events:
+        row = session.execute(text(CHARGE_SQL.format(*(f":{f}" for f in CHARGE_FIELDS))), params).one()
+        return _charge_result(tuple(row), params["operation"])
+    # The account state credits.low/depleted need rides in the charge's own statement (no extra round trip).
+    params.update(state_params(params["now"]))
+    columns = tuple(session.execute(CHARGE_WITH_STATE, params).one())
+    result = _charge_result(columns[:5], params["operation"])
+    if not result.replayed and result.charged > 0:
+        after_charge(session, user_id, params["now"], columns[5:], charged=result.charged, balance=result.balance)
+    return result
 
 
 # --- holds ----------------------------------------------------------------------------------------------------
@@ -742,6 +782,8 @@ def hold(
         transaction_id=None, hold_id=hold_id, write=write,
     )  # fmt: skip
     _set_account(session, user_id, now, held=account["held"] + amount, debt=account["debt"] + line)
+    if get_settings().outbox_balance_events:
+        after_spend(session, user_id, now)
     return HoldResult(hold_id, amount, expires_at)
 
 
@@ -838,6 +880,8 @@ def capture(
     tx_id, released, balance = _settle_hold(
         session, account, h, capture_amount=amount, status="captured", now=now, key=key, request_hash=request_hash
     )
+    if amount > 0 and get_settings().outbox_balance_events:
+        after_spend(session, user_id, now)
     return CaptureResult(tx_id, amount, released, balance)
 
 

@@ -330,3 +330,19 @@ class Refund(Base):
     reason: Mapped[str | None] = mapped_column(String(255))
     ledger_transaction_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     created_at: Mapped[CreatedAt]
+
+
+class AsaasCheckoutClaim(Base):
+    """An Asaas checkout with an Idempotency-Key, claimed (committed) before Asaas is called: a concurrent
+    duplicate sees the claim instead of creating a second charge (migration 0017_asaas_checkout_claims)."""
+
+    __tablename__ = "asaas_checkout_claims"
+    __table_args__ = (Index("ix_asaas_checkout_claims_user_id", "user_id"),)
+
+    id: Mapped[UUIDPk]
+    reference: Mapped[str] = mapped_column(String(128), unique=True)  # the charge's externalReference
+    user_id: Mapped[uuid.UUID] = _user(nullable=False)
+    session_id: Mapped[str | None] = mapped_column(String(64))  # set once Asaas answered
+    url: Mapped[str | None] = mapped_column(Text)
+    claimed_at: Mapped[datetime]
+    created_at: Mapped[CreatedAt]

@@ -7,6 +7,6 @@ from sqlalchemy import MetaData
 
 def load_all() -> MetaData:
     from tollgate.db.base import Base
-    from tollgate.models import auth, credits, jobs, payments, rag, storage, users  # noqa: F401
+    from tollgate.models import auth, auto_topup, credits, jobs, outbox, payments, rag, storage, users  # noqa: F401
 
     return Base.metadata

@@ -51,12 +51,46 @@ class Page:
     has_more: bool
 
 
+# PaymentIntent statuses that mean the card did not pay and will not without the customer.
+REFUSED_STATUSES = frozenset({"requires_payment_method", "requires_action", "canceled"})
+
+
+@dataclass(frozen=True, slots=True)
+class OffSessionCharge:
+    """A PaymentIntent confirmed at once with a saved card, the customer absent (`off_session`)."""
+
+    customer_id: str
+    payment_method_id: str
+    amount_minor: int
+    currency: str
+    metadata: dict[str, str]
+    idempotency_key: str  # one per purchase: Stripe answers a repeat with the first result, never a second charge
+
+
+@dataclass(frozen=True, slots=True)
+class OffSessionResult:
+    """What Stripe answered: the PaymentIntent's id and status, or the card's refusal (`failure_code`: Stripe's
+    error code, e.g. `card_declined`, `authentication_required`; `decline_code` when the issuer gave one)."""
+
+    payment_intent_id: str | None
+    status: str  # the PaymentIntent's status (succeeded, processing, requires_payment_method, ...)
+    failure_code: str | None = None
+    decline_code: str | None = None
+    failure_message: str | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.failure_code is not None or self.status in REFUSED_STATUSES
+
+
 class StripeGateway(Protocol):
     def create_checkout(self, request: CheckoutRequest) -> CheckoutSession: ...
 
     def create_portal(self, customer_id: str, return_url: str) -> str: ...
 
     def checkout_price_ids(self, session_id: str) -> list[str]: ...
+
+    def charge_off_session(self, request: OffSessionCharge) -> OffSessionResult: ...
 
 
 class LemonSqueezyGateway(Protocol):
@@ -150,6 +184,45 @@ class StripeAdapter:
         )
         data = items.to_dict().get("data") or []
         return [str(item["price"]["id"]) for item in data if isinstance(item.get("price"), dict)]
+
+    def charge_off_session(self, request: OffSessionCharge) -> OffSessionResult:
+        """`POST /v1/payment_intents` with `off_session=true, confirm=true`. A card error (HTTP 402: declined,
+        needs authentication) is an answer, not a failure; anything else raises PaymentProviderError so the caller
+        retries with the same idempotency key."""
+        params: dict[str, Any] = {
+            "amount": request.amount_minor,
+            "currency": request.currency,
+            "customer": request.customer_id,
+            "payment_method": request.payment_method_id,
+            "off_session": True,
+            "confirm": True,
+            "metadata": request.metadata,
+        }
+        options: dict[str, Any] = {"idempotency_key": request.idempotency_key}
+        create: Any = self._client.v1.payment_intents.create
+        try:
+            intent = create(params=params, options=options)
+        except self._stripe.CardError as exc:
+            error = getattr(exc, "error", None)
+            refused_intent: Any = getattr(error, "payment_intent", None)
+            refused: dict[str, Any] = refused_intent.to_dict() if refused_intent is not None else {}
+            return OffSessionResult(
+                payment_intent_id=str(refused["id"]) if refused.get("id") else None,
+                status=str(refused.get("status") or "requires_payment_method"),
+                failure_code=str(exc.code or "card_declined"),
+                decline_code=getattr(error, "decline_code", None),
+                failure_message=exc.user_message,
+            )
+        except self._stripe.IdempotencyError as exc:
+            raise IdempotencyConflict(
+                "this top-up's idempotency key was already used with other parameters", details={"provider": "stripe"}
+            ) from exc
+        except self._stripe.StripeError as exc:
+            raise PaymentProviderError(
+                "Stripe refused to create the payment",
+                details={"provider": "stripe", "status": getattr(exc, "http_status", None), "error": exc.user_message},
+            ) from exc
+        return OffSessionResult(payment_intent_id=str(intent["id"]), status=str(intent["status"]))
 
     def failed_events(self, created_gte: int, starting_after: str | None, limit: int) -> Page:
         """`GET /v1/events?delivery_success=false&created[gte]=...`: events (newest first) whose delivery to

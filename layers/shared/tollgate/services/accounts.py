@@ -6,8 +6,8 @@ from tollgate.models.users import User, UserStatus
 
 
 def unlock_after_payment(user: User) -> bool:
-    """A paid plan reopens an account the TrialExpiry job locked (status LOCKED). Suspended or deleted accounts
-    stay as they are. True when the account was unlocked (the caller's unit of work keeps it)."""
+    """A payment (a pack or a plan) reopens an account the TrialExpiry job locked (status LOCKED). Suspended or
+    deleted accounts stay as they are. True when the account was unlocked (the caller's unit of work keeps it)."""
     if user.status != UserStatus.LOCKED or user.deleted_at is not None:
         return False
     user.status = UserStatus.ACTIVE

@@ -11,8 +11,13 @@ or card (billingType UNDEFINED).
   `tollgate.payments.asaas.Reference`), which the webhooks read back to find the buyer and the item. With an
   Idempotency-Key the nonce is derived from it, and the charge is looked up by its reference before one is created:
   a retried checkout answers the charge the first attempt made instead of making a second one.
+- Two identical checkouts at once (the same key) would both find no charge and both create one: the first commits
+  a claim on the reference (`asaas_checkout_claims`) before it calls Asaas; a duplicate that sees a finished claim
+  answers its charge, one that sees a claim still in progress answers 409 `checkout_in_progress` (retry) and calls
+  nothing. A failed call drops the claim (the retry's look-up finds a charge a timed-out call made); a claim older
+  than CLAIM_STALE (its Lambda died mid-call) may be taken over.
 - No Asaas call runs inside a database transaction: the unit of work that reads the user and the item is closed
-  first, and the customer link is stored in its own short one afterwards.
+  first, and the claim and the customer link are stored in their own short ones.
 """
 
 from __future__ import annotations
@@ -24,11 +29,20 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from sqlalchemy import text
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.dialects.postgresql import insert
 
 from tollgate.db import UnitOfWork
-from tollgate.errors import AlreadySubscribed, BillingItemNotFound, ProviderNotConfigured, ValidationFailed
+from tollgate.db.base import new_id, utcnow
+from tollgate.errors import (
+    AlreadySubscribed,
+    BillingItemNotFound,
+    CheckoutInProgress,
+    ProviderNotConfigured,
+    ValidationFailed,
+)
 from tollgate.models.credits import CreditPack, Plan
+from tollgate.models.payments import AsaasCheckoutClaim
 from tollgate.payments import asaas
 from tollgate.payments.signatures import BRASILIA
 
@@ -38,6 +52,8 @@ if TYPE_CHECKING:
 PROVIDER = "asaas"
 # A charge's due date: PIX and card are paid at once, a boleto needs a few days to be paid and cleared.
 DUE_DAYS = 3
+# A claim this old belongs to a checkout that died mid-call (several provider timeouts): another may take it over.
+CLAIM_STALE = timedelta(minutes=2)
 
 
 def _nonce(user_id: uuid.UUID, kind: str, item_id: uuid.UUID, interval: str | None, key: str | None) -> str:
@@ -63,7 +79,7 @@ def create_checkout(
     tax_id: str | None = None,
     gateway: asaas.AsaasGateway | None = None,
 ) -> CheckoutResult:
-    from tollgate.services.billing import CheckoutResult, _user, active_subscription  # billing dispatches here
+    from tollgate.services.billing import _user, active_subscription  # billing dispatches here
 
     with uow:
         user = _user(uow, user_id)
@@ -93,10 +109,6 @@ def create_checkout(
         if amount is None or amount <= 0 or amount != amount.quantize(Decimal("0.01")):
             raise ProviderNotConfigured("the item's price does not fit BRL", details={"item_id": str(item_id)})
         customer_id, email, display_name = user.asaas_customer_id, user.email, user.name or user.email
-    # Provider calls from here on: no transaction is open.
-    api = gateway or asaas.asaas_gateway()
-    if not customer_id:
-        customer_id = _customer(api, uow, user_id, email=email, name=display_name, tax_id=tax_id)
     reference = asaas.Reference(
         kind=kind,
         user_id=user_id.hex,
@@ -104,10 +116,111 @@ def create_checkout(
         interval=interval if kind == "plan" else None,
         nonce=_nonce(user_id, kind, item_id, interval if kind == "plan" else None, idempotency_key),
     ).encode()
+    if idempotency_key:
+        done = _claim(uow, user_id, reference)
+        if done is not None:
+            return done
+    # Provider calls from here on: no transaction is open.
+    try:
+        result = _call_asaas(
+            gateway or asaas.asaas_gateway(), uow, user_id, kind=kind, name=name, interval=interval, amount=amount,
+            cycle=cycle, reference=reference, success_url=success_url, customer_id=customer_id, email=email,
+            display_name=display_name, tax_id=tax_id, look_up=bool(idempotency_key),
+        )  # fmt: skip
+    except Exception:
+        if idempotency_key:
+            _release(uow, reference)  # the retry claims again; its look-up finds a charge this call made
+        raise
+    if idempotency_key:
+        _finish(uow, reference, result)
+    return result
+
+
+def _claim(uow: UnitOfWork, user_id: uuid.UUID, reference: str) -> CheckoutResult | None:
+    """Claim the checkout `reference` (committed before any Asaas call). Returns the charge of a finished claim
+    (a retry), None when this call holds the claim now, or raises CheckoutInProgress while another call holds it."""
+    from tollgate.services.billing import CheckoutResult
+
+    now = utcnow()
+    with uow:
+        claimed = uow.session.execute(
+            insert(AsaasCheckoutClaim)
+            .values(id=new_id(), reference=reference, user_id=user_id, claimed_at=now)
+            .on_conflict_do_nothing(index_elements=["reference"])
+            .returning(AsaasCheckoutClaim.id)
+        ).first()
+        if claimed is None:
+            row = uow.session.execute(
+                select(AsaasCheckoutClaim).where(AsaasCheckoutClaim.reference == reference)
+            ).scalar_one()
+            if row.session_id and row.url:
+                return CheckoutResult(url=row.url, provider=PROVIDER, session_id=row.session_id)
+            # A claim left by a call that died mid-way: take it over, once (the compare on claimed_at).
+            taken = uow.session.execute(
+                update(AsaasCheckoutClaim)
+                .where(
+                    AsaasCheckoutClaim.id == row.id,
+                    AsaasCheckoutClaim.claimed_at == row.claimed_at,
+                    AsaasCheckoutClaim.claimed_at < now - CLAIM_STALE,
+                )
+                .values(claimed_at=now)
+                .returning(AsaasCheckoutClaim.id)
+            ).first()
+            if taken is None:
+                raise CheckoutInProgress(
+                    "the same checkout is already being created; retry in a moment",
+                    details={"provider": PROVIDER},
+                )
+        uow.commit()
+    return None
+
+
+def _release(uow: UnitOfWork, reference: str) -> None:
+    with uow:
+        uow.session.execute(
+            delete(AsaasCheckoutClaim).where(
+                AsaasCheckoutClaim.reference == reference, AsaasCheckoutClaim.session_id.is_(None)
+            )
+        )
+        uow.commit()
+
+
+def _finish(uow: UnitOfWork, reference: str, result: CheckoutResult) -> None:
+    with uow:
+        uow.session.execute(
+            update(AsaasCheckoutClaim)
+            .where(AsaasCheckoutClaim.reference == reference)
+            .values(session_id=result.session_id, url=result.url)
+        )
+        uow.commit()
+
+
+def _call_asaas(
+    api: asaas.AsaasGateway,
+    uow: UnitOfWork,
+    user_id: uuid.UUID,
+    *,
+    kind: str,
+    name: str,
+    interval: str,
+    amount: Decimal,
+    cycle: str | None,
+    reference: str,
+    success_url: str,
+    customer_id: str | None,
+    email: str,
+    display_name: str,
+    tax_id: str | None,
+    look_up: bool,
+) -> CheckoutResult:
+    from tollgate.services.billing import CheckoutResult
+
+    if not customer_id:
+        customer_id = _customer(api, uow, user_id, email=email, name=display_name, tax_id=tax_id)
     description = f"{name} ({'credit pack' if kind == 'pack' else f'{interval}ly plan'})"
     today = _today()
     if kind == "pack":
-        payment = api.find_payment(reference) if idempotency_key else None
+        payment = api.find_payment(reference) if look_up else None
         if payment is None:
             payment = api.create_payment(
                 {
@@ -123,7 +236,7 @@ def create_checkout(
         url = payment.get("invoiceUrl")
         session_id = str(payment["id"])
     else:
-        subscription = api.find_subscription(reference) if idempotency_key else None
+        subscription = api.find_subscription(reference) if look_up else None
         if subscription is None:
             subscription = api.create_subscription(
                 {

@@ -20,6 +20,7 @@ from tollgate.db.base import utcnow
 from tollgate.errors import BonusAutoUseLocked, ValidationFailed
 from tollgate.models.credits import CreditPack, CreditTransaction, Plan
 from tollgate.pagination import Page, keyset_page
+from tollgate.services import auto_topup
 
 ZERO = Decimal(0)
 MAX_SUMMARY_DAYS = 366
@@ -97,6 +98,11 @@ def _balance(uow: UnitOfWork, user_id: uuid.UUID) -> BalanceView:
     )
 
 
+def available_balance(uow: UnitOfWork, user_id: uuid.UUID) -> Decimal:
+    """The spendable balance, read in the caller's open unit of work (auto top-up's threshold)."""
+    return _balance(uow, user_id).available
+
+
 def get_balance(uow: UnitOfWork, user_id: uuid.UUID) -> BalanceView:
     with uow:
         return _balance(uow, user_id)
@@ -117,6 +123,8 @@ def record_usage(
             uow.session, user_id, operation=operation, quantity=quantity, metadata=metadata,
             idempotency_key=idempotency_key,
         )  # fmt: skip
+        if not result.replayed:  # a top-up, if due, in the charge's transaction (its provider call comes later)
+            auto_topup.after_spend(uow.session, user_id, lambda: available_balance(uow, user_id))
         uow.commit()
     return result
 
@@ -137,6 +145,8 @@ def create_hold(
             uow.session, user_id, operation=operation, quantity=quantity, amount=amount, ttl_seconds=ttl_seconds,
             idempotency_key=idempotency_key, metadata=metadata,
         )  # fmt: skip
+        if not result.replayed:
+            auto_topup.after_spend(uow.session, user_id, lambda: available_balance(uow, user_id))
         uow.commit()
     return result
 
@@ -146,6 +156,8 @@ def capture_hold(
 ) -> ledger.CaptureResult:
     with uow:
         result = ledger.capture(uow.session, user_id, hold_id, amount=amount, idempotency_key=idempotency_key)
+        if not result.replayed:
+            auto_topup.after_spend(uow.session, user_id, lambda: available_balance(uow, user_id))
         uow.commit()
     return result
 

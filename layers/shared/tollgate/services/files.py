@@ -15,6 +15,7 @@ erasure): a slow S3 never keeps a row locked.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 import uuid
@@ -46,7 +47,14 @@ from tollgate.pagination import Page, keyset_page
 from tollgate.storage import PresignedPost, Storage
 
 MAX_NAME = 255
+MAX_METADATA_BYTES = 2048  # as S3 bounds an object's user metadata: a label, never a document
+# Past the window, Retention waits this long more: a completion or restore admitted just inside the window
+# commits within one Lambda invocation (15 minutes at most), so it lands before Retention can choose its row,
+# and Retention never deletes the object of a file that became READY.
+PURGE_MARGIN = timedelta(minutes=15)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Characters that reorder or hide text (U+202E turns "invoice<RLO>gpj.exe" into "invoiceexe.jpg" on screen).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +85,29 @@ class Usage:
 def media_type(content_type: str) -> str:
     """The type/subtype of a content type, lower case, without parameters."""
     return content_type.split(";", 1)[0].strip().lower()
+
+
+def canonical_type(content_type: str) -> str:
+    """One spelling of a content type (`type/subtype; name=value`, lower case): what the upload policy pins, the
+    row stores and the list filter compares."""
+    media, *params = content_type.lower().split(";")
+    cleaned = ["=".join(p.strip() for p in param.split("=", 1)) for param in params if param.strip()]
+    return "; ".join([media.strip(), *cleaned])
+
+
+def check_name(name: str) -> None:
+    """A file name is shown to people and sent in Content-Disposition: no control or direction characters."""
+    if any(unicodedata.category(ch) == "Cc" or ch in _BIDI for ch in name):
+        raise ValidationFailed(
+            "a file name may not contain control or text-direction characters", details={"field": "name"}
+        )
+
+
+def check_metadata(metadata: dict[str, Any]) -> None:
+    if len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
+        raise ValidationFailed(
+            f"metadata takes at most {MAX_METADATA_BYTES} bytes as JSON", details={"field": "metadata"}
+        )
 
 
 def safe_pathname(name: str) -> str:
@@ -164,7 +195,9 @@ def start_upload(
     """A PENDING file and the presigned form the browser uploads it with, if the type, size and quota allow."""
     settings = get_settings()
     now = now or utcnow()
-    declared = content_type.strip().lower()
+    declared = canonical_type(content_type)
+    check_name(name)
+    check_metadata(metadata or {})
     if media_type(declared) not in settings.file_content_types:
         raise ContentTypeNotAllowed(
             f"files of type {media_type(declared)!r} are not accepted",
@@ -366,15 +399,18 @@ def restore_file(uow: UnitOfWork, user_id: uuid.UUID, file_id: uuid.UUID, *, now
 
 # --- removal (Retention, erasure) ----------------------------------------------------------------------------------
 def purgeable_condition(settings: Settings, now: datetime) -> ColumnElement[bool]:
-    """Rows whose object and row may go: deleted past the restore window, or uploads past completion."""
+    """Rows whose object and row may go: deleted past the restore window, or uploads past completion whose form
+    has expired (each PURGE_MARGIN more, so no restore, completion or upload admitted in time is in flight)."""
     return or_(
         and_(
             StorageObject.status == FileStatus.DELETED,
-            StorageObject.deleted_at < now - timedelta(days=settings.file_restore_days),
+            StorageObject.deleted_at < now - timedelta(days=settings.file_restore_days) - PURGE_MARGIN,
         ),
         and_(
             StorageObject.status == FileStatus.PENDING,
-            StorageObject.created_at < now - timedelta(minutes=settings.file_upload_complete_minutes),
+            StorageObject.created_at < now - timedelta(minutes=settings.file_upload_complete_minutes) - PURGE_MARGIN,
+            # and its form can no longer upload: bytes arriving after the row went would be an object no row names
+            StorageObject.upload_expires_at < now - PURGE_MARGIN,
         ),
     )
 

@@ -112,8 +112,11 @@ def _period_after(sub: Subscription, start: datetime) -> datetime:
 
 
 def _ctx(session: Session, event_type: str, now: datetime) -> Ctx:
+    # No provider time: changes to a user's manual plan are serialized by the user's row lock, so the one applied
+    # last wins. Comparing the callers' clocks would let an assignment that waited on the lock (its `now` older
+    # than the plan it replaces) fail to end that plan, leaving two live.
     return Ctx(
-        session=session, provider=PROVIDER, event_type=event_type, webhook_event_id=None, provider_time=now,
+        session=session, provider=PROVIDER, event_type=event_type, webhook_event_id=None, provider_time=None,
         livemode=None, now=now,
     )  # fmt: skip
 

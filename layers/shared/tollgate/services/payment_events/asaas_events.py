@@ -84,8 +84,12 @@ def _money(value: Any) -> Decimal | None:
 
 
 def _charged(payment: dict[str, Any]) -> Decimal | None:
-    """The charge's price: `originalValue` when Asaas added interest or a fine to `value`, else `value`."""
-    return _money(payment.get("originalValue")) or _money(payment.get("value"))
+    """The charge's price: `originalValue` when Asaas added interest or a fine to `value`, else `value`. Never
+    more than `value`: a charge lowered below its original value paid only what `value` says."""
+    original, value = _money(payment.get("originalValue")), _money(payment.get("value"))
+    if value is None or original is None:
+        return value
+    return min(original, value)
 
 
 def _user_by_customer(ctx: Ctx, customer_id: str | None) -> User | None:

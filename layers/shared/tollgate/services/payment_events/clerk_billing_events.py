@@ -12,8 +12,12 @@ Shapes: `@clerk/backend`'s `BillingSubscriptionItemWebhookEventJSON`, `BillingSu
   above (its `payer` is the container's).
 - `paymentAttempt.*`: `paid` records an invoice (provider `clerk`, keyed by the attempt id) and grants the billed
   plan's allowance for the period it pays, once per payment attempt and once per (item, period start) whatever
-  attempt pays it; `failed` records the failed invoice, moves the live items to `past_due` and mails the payer
-  (recurring charges only: a failed checkout is seen on the page); `pending` records an open invoice.
+  attempt pays it (`attempt_grant`): times the share of the item's price it paid; an attempt whose period overlaps
+  another item's paid period of the same user is a plan change (Clerk makes a new item for each): an upgrade
+  grants the allowance difference for the time left, a downgrade nothing, and never more than one period of the
+  plan it bills minus what the overlapping invoices granted; `failed` records the failed invoice, moves the live
+  items to `past_due` and mails the payer (recurring charges only: a failed checkout is seen on the page);
+  `pending` records an open invoice.
   Clerk sends no refund event: refunds issued in Clerk's dashboard are not seen here.
 - A free trial grants its period's allowance once (keyed by the item and the period start), as a provider's
   free trial invoice does; the first paid period after it grants again.
@@ -23,17 +27,20 @@ Items on Clerk's free default plan, and organization payers, are not Tollgate su
 from __future__ import annotations
 
 import calendar
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tollgate.models.credits import Plan
 from tollgate.models.payments import Invoice
 from tollgate.models.users import User
 from tollgate.payments.money import to_major
+from tollgate.services.accounts import unlock_after_payment
 from tollgate.services.payment_events.handling import (
+    CREDIT_SCALE,
     Ctx,
     NotYetApplicable,
     Outcome,
@@ -161,6 +168,123 @@ def _grant_period(ctx: Ctx, invoice: Invoice, user: User, plan: Plan, interval: 
     return grant_invoice_allowance(ctx, invoice, user, plan, interval)
 
 
+def _minor(value: Any) -> tuple[int | None, str | None]:
+    """A Clerk money object's amount in minor units and its currency (None when it carries no whole amount)."""
+    if not isinstance(value, dict):
+        return None, None
+    amount = value.get("amount")
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        return None, None
+    return amount, str(value.get("currency") or "usd").lower()
+
+
+def paid_share(data: dict[str, Any], item: dict[str, Any]) -> Decimal:
+    """The share of the item's price that the attempt paid (`totals.grand_total` against the item's `amount`, the
+    plan's `amount` if the item names none), at most 1; 1 when the payload carries no comparable price."""
+    totals = data.get("totals") if isinstance(data.get("totals"), dict) else {}
+    paid, paid_currency = _minor((totals or {}).get("grand_total"))
+    price, price_currency = _minor(item.get("amount"))
+    plan = item.get("plan") if isinstance(item.get("plan"), dict) else {}
+    if price is None and _interval(item) == "month":
+        price, price_currency = _minor({"amount": (plan or {}).get("amount"), "currency": (plan or {}).get("currency")})
+    if paid is None or price is None or price <= 0 or paid_currency != price_currency or paid >= price:
+        return Decimal(1)
+    return Decimal(max(paid, 0)) / Decimal(price)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptGrant:
+    amount: Decimal
+    rule: str  # period | pro_rata | upgrade | downgrade | same_plan | capped | already
+    new_period: bool
+
+
+def _seconds(start: datetime, end: datetime) -> Decimal:
+    return max(Decimal(int((end - start).total_seconds())), Decimal(0))
+
+
+def _interval_of(start: datetime, end: datetime) -> str:
+    """The interval a period of Clerk's (month or annual) spans, from its length."""
+    return "year" if end - start > timedelta(days=300) else "month"
+
+
+def _overlapping(ctx: Ctx, invoice: Invoice, user: User, item_id: str) -> list[Invoice]:
+    """The user's paid Clerk invoices of OTHER items whose periods overlap this attempt's period. Clerk makes a new
+    item on every plan change, so the allowance of one period is capped per user, not per item. An item that was
+    left for this one (its period began before this item's first paid period) counts only for this item's first
+    attempt: it is the plan changed from, and its period is over once the new item renews."""
+    start, end = invoice.period_start, invoice.period_end
+    if start is None or end is None:
+        return []
+    first = ctx.session.execute(
+        select(func.min(Invoice.period_start)).where(
+            Invoice.provider == PROVIDER,
+            Invoice.provider_subscription_id == item_id,
+            Invoice.status.in_(PAID_INVOICE),
+            Invoice.id != invoice.id,
+        )
+    ).scalar_one()
+    renewal = first is not None and first < start - SAME_PERIOD
+    query = select(Invoice).where(
+        Invoice.provider == PROVIDER,
+        Invoice.user_id == user.id,
+        Invoice.provider_subscription_id != item_id,
+        Invoice.status.in_(PAID_INVOICE),
+        Invoice.plan_id.is_not(None),
+        Invoice.id != invoice.id,
+        Invoice.period_start < end - SAME_PERIOD,
+        Invoice.period_end > start + SAME_PERIOD,
+    )
+    if first is not None and renewal:
+        query = query.where(Invoice.period_start >= first - SAME_PERIOD)
+    return list(ctx.session.execute(query.order_by(Invoice.period_start)).scalars())
+
+
+def attempt_grant(ctx: Ctx, invoice: Invoice, user: User, plan: Plan, interval: str, share: Decimal) -> AttemptGrant:
+    """What a paid attempt grants. Without another item's paid period overlapping its own, it opens a period: the
+    plan's allowance, times the share of the price it paid. Overlapping one, it is a plan change: an upgrade grants
+    the difference between the plans' monthly allowances for the time left in the period left behind (as Stripe
+    prorates), plus the new plan's allowance for any part of its period that runs past that one's end; a downgrade
+    grants nothing until the next period. Either way the grant is capped at one period's allowance of the plan it
+    bills minus what the overlapping invoices granted."""
+    full = period_allowance(plan, interval)
+    item_id = invoice.provider_subscription_id or ""
+    others = _overlapping(ctx, invoice, user, item_id)
+    if not others:
+        return AttemptGrant((full * share).quantize(CREDIT_SCALE), "period" if share >= 1 else "pro_rata", True)
+    start, end = invoice.period_start, invoice.period_end
+    assert start is not None and end is not None  # `_overlapping` finds nothing without a period
+    room = max(full - sum((Decimal(o.credits_granted or 0) for o in others), Decimal(0)), Decimal(0))
+    before = [o for o in others if o.period_start is not None and o.period_start <= start + SAME_PERIOD]
+    if not before:  # only later items overlap (their events came first): the cap alone decides
+        return AttemptGrant(room, "capped", False)
+    prev = before[-1]
+    prev_plan = ctx.session.get(Plan, prev.plan_id)
+    if prev_plan is None or plan.monthly_credits <= prev_plan.monthly_credits:
+        rule = "same_plan" if prev_plan is not None and prev_plan.id == plan.id else "downgrade"
+        return AttemptGrant(Decimal(0), rule, False)
+    prev_start, prev_end = prev.period_start, prev.period_end
+    assert prev_start is not None and prev_end is not None
+    # The period left behind began with the first of the items that end with it (an up-, down- and upgrading
+    # again within one period makes items that each carry only the rest of it).
+    began = min(
+        (
+            o.period_start
+            for o in before
+            if o.period_start is not None and o.period_end and abs(o.period_end - prev_end) <= SAME_PERIOD
+        ),
+        default=prev_start,
+    )
+    moment = max(start, prev_start)
+    length = _seconds(began, prev_end)
+    left = min(_seconds(moment, prev_end), length) / length if length > 0 else Decimal(0)
+    worth = (plan.monthly_credits - prev_plan.monthly_credits) * months_in(_interval_of(began, prev_end)) * left
+    tail_from = max(prev_end, moment)
+    if end > tail_from + SAME_PERIOD:  # Clerk started a new period that outlives the one left behind
+        worth += full * _seconds(tail_from, end) / _seconds(start, end)
+    return AttemptGrant(min(worth.quantize(CREDIT_SCALE, rounding=ROUND_HALF_UP), room), "upgrade", False)
+
+
 def _trial_grant(ctx: Ctx, user: User, item: dict[str, Any], plan: Plan, state: SubscriptionState) -> Decimal:
     """A free trial's allowance, once per (item, trial period start)."""
     start = state.current_period_start
@@ -183,6 +307,18 @@ def _trial_grant(ctx: Ctx, user: User, item: dict[str, Any], plan: Plan, state: 
     return _grant_period(ctx, invoice, user, plan, state.interval or "month", state.provider_subscription_id)
 
 
+def _trial_invoiced(ctx: Ctx, item_id: str) -> bool:
+    """Was this item's trial already given its allowance (a later event of the same trial)?"""
+    found = ctx.session.execute(
+        select(Invoice.id).where(
+            Invoice.provider == PROVIDER,
+            Invoice.provider_subscription_id == item_id,
+            Invoice.billing_reason == "free_trial",
+        )
+    ).first()
+    return found is not None
+
+
 # --- handlers ------------------------------------------------------------------------------------------------------
 def _apply_item(ctx: Ctx, item: dict[str, Any], payer: Any) -> dict[str, Any]:
     plan = _tollgate_plan(ctx, item)
@@ -192,12 +328,14 @@ def _apply_item(ctx: Ctx, item: dict[str, Any], payer: Any) -> dict[str, Any]:
     if user is None:
         return {"item": item.get("id"), "skipped": why}
     state = item_state(item, trial=ctx.event_type == "subscriptionItem.freeTrialEnding")
+    # One trial allowance per user: a trial of another item (or one the TrialExpiry job ended) was the one.
+    trial_allowed = not user.trial_used or _trial_invoiced(ctx, state.provider_subscription_id)
     sub, applied = apply_subscription(ctx, user, state)
     detail: dict[str, Any] = {
         "item": state.provider_subscription_id, "status": sub.status, "applied": applied, "tier": user.tier,
     }  # fmt: skip
     if applied and sub.status == "trialing":
-        detail["granted"] = str(_trial_grant(ctx, user, item, plan, state))
+        detail["granted"] = str(_trial_grant(ctx, user, item, plan, state)) if trial_allowed else "0"
     return detail
 
 
@@ -291,10 +429,19 @@ def payment_attempt(ctx: Ctx, data: dict[str, Any]) -> Outcome:
         invoice.provider_updated_at = max(ctx.provider_time, invoice.provider_updated_at or ctx.provider_time)
     ctx.session.flush()
     if status == "paid":
+        unlock_after_payment(user)  # a trial that had ended locked the account; paying reopens it
         invoice.amount_paid = invoice.amount_due
         invoice.paid_at = invoice.paid_at or ms(data.get("paid_at")) or ctx.now
-        granted = _grant_period(ctx, invoice, user, plan, _interval(item), item_id)
-        return Outcome.done(attempt=invoice.provider_invoice_id, granted=str(granted), tier=plan.tier, item=item_id)
+        if invoice.grant_source_key or _period_granted(ctx, item_id, invoice.period_start, invoice):
+            rule = AttemptGrant(Decimal(0), "already", True)
+        else:
+            rule = attempt_grant(ctx, invoice, user, plan, _interval(item), paid_share(data, item))
+        granted = grant_invoice_allowance(
+            ctx, invoice, user, plan, _interval(item), amount=rule.amount, new_period=rule.new_period
+        )
+        return Outcome.done(
+            attempt=invoice.provider_invoice_id, granted=str(granted), rule=rule.rule, tier=plan.tier, item=item_id
+        )
     if status == "failed":
         if invoice.status in PAID_INVOICE:
             return Outcome.ignored("the attempt was already seen paid", attempt=invoice.provider_invoice_id)

@@ -4,7 +4,8 @@
 - `user.created` / `user.updated`: upsert by `clerk_id` (primary email, name, username, image, verification);
   the sign-up grant once (ledger source key `signup`), in the same transaction as the new user.
   A user already registered with the same email is linked to the Clerk id only when Clerk reports that email
-  verified (otherwise anyone could claim an account by typing its address into Clerk).
+  verified (otherwise anyone could claim an account by typing its address into Clerk) and the account verified it
+  too (otherwise whoever registered the address first would hold the Clerk user's account).
   ADMIN_EMAILS makes an admin only of a user whose primary email Clerk reports verified.
 - `user.deleted`: soft delete (`deleted_at`), every session and API key revoked. Later `user.updated` events of
   a deleted user never bring it back; a `user.created` that arrives after the delete creates nothing.
@@ -70,7 +71,14 @@ def user_upsert(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any]) -> Outc
             select(User).where(func.lower(User.email) == email.lower()).with_for_update()
         ).scalar_one_or_none()
         if same_email is not None:
-            if not verified or same_email.clerk_id is not None or same_email.deleted_at is not None:
+            # Never link to an account that never proved the address: whoever registered it first would hold
+            # the password to the Clerk user's account (and to what the Clerk user pays for).
+            if (
+                not verified
+                or same_email.clerk_id is not None
+                or same_email.deleted_at is not None
+                or same_email.email_verified_at is None
+            ):
                 return Outcome.rejected(
                     "an account with this email exists and cannot be linked to this Clerk user", clerk_id=clerk_id
                 )

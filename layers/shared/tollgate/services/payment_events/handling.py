@@ -32,6 +32,7 @@ from tollgate.db.base import new_id
 from tollgate.models.credits import CreditPack, Plan
 from tollgate.models.payments import Invoice, Purchase, Refund, Subscription, SubscriptionEvent
 from tollgate.models.users import User
+from tollgate.outbox import EventType, emit
 from tollgate.payments.money import to_major, to_minor
 from tollgate.payments.statuses import ENTITLED, TERMINAL, TRIALING
 from tollgate.services.accounts import unlock_after_payment
@@ -166,6 +167,18 @@ def grant_purchase(ctx: Ctx, purchase: Purchase) -> ledger.GrantResult:
     purchase.grant_source_key = f"{purchase.provider}:order:{purchase.provider_order_id}"
     purchase.status = "completed"
     purchase.paid_at = paid_at
+    emit(
+        ctx.session,
+        EventType.PURCHASE_COMPLETED,
+        user_id=purchase.user_id,
+        data={
+            "purchase_id": purchase.id, "provider": purchase.provider, "order_id": purchase.provider_order_id,
+            "item_kind": purchase.item_kind, "item_id": purchase.item_id, "pack": purchase.package_name,
+            "credits": purchase.credits, "amount": purchase.amount, "currency": purchase.currency,
+            "paid_at": paid_at,
+        },
+        dedupe_key=f"purchase.completed:{purchase.grant_source_key}",
+    )  # fmt: skip
     return ledger.grant(
         ctx.session,
         purchase.user_id,
@@ -292,6 +305,18 @@ def fulfil_pack_order(
     granted = grant_purchase(ctx, purchase)
     ctx.session.add(purchase)  # one INSERT, complete, at the transaction's flush
     unlock_after_payment(user)  # a trial that had ended locked the account; paying reopens it
+    # Pack orders are today's only orders (a commerce `orders` table does not exist yet): one item, the pack.
+    emit(
+        ctx.session,
+        EventType.ORDER_COMPLETED,
+        user_id=user.id,
+        data={
+            "order_id": order.order_id, "provider": order.provider, "purchase_id": purchase.id,
+            "amount": purchase.amount, "currency": purchase.currency,
+            "items": [{"kind": "pack", "id": pack.id, "name": pack.name, "credits": pack.credits, "quantity": 1}],
+        },
+        dedupe_key=f"order.completed:{order.provider}:{order.order_id}",
+    )  # fmt: skip
     extra = on_granted(purchase) if on_granted is not None else {}
     return Outcome.done(
         purchase_id=str(purchase.id), granted=str(granted.amount), grant_id=str(granted.grant_id), **extra
@@ -362,6 +387,18 @@ def reverse_credits(
         ledger_transaction_id=tx_id,
     )
     ctx.session.add(refund)
+    emit(
+        ctx.session,
+        EventType.REFUND_COMPLETED,
+        user_id=user_id,
+        data={
+            "provider": ctx.provider, "refund_id": step_id, "kind": kind, "amount": step_amount,
+            "currency": currency, "purchase_id": refund.purchase_id, "invoice_id": refund.invoice_id,
+            "credits_requested": ask, "credits_clawed_back": taken, "credits_shortfall": ask - taken,
+            "transaction_id": tx_id, "reason": reason,
+        },
+        dedupe_key=f"refund.completed:{ctx.provider}:{step_id}"[:255],
+    )  # fmt: skip
     return refund
 
 
@@ -479,6 +516,19 @@ def apply_subscription(ctx: Ctx, user: User, state: SubscriptionState) -> tuple[
     )
     if applied:
         sync_tier(ctx, user)
+        if created or (from_status, from_price) != (sub.status, sub.provider_price_id):
+            emit(
+                session,
+                EventType.SUBSCRIPTION_CHANGED,
+                user_id=user.id,
+                data={
+                    "subscription_id": sub.id, "provider": ctx.provider,
+                    "provider_subscription_id": sub.provider_subscription_id, "created": created,
+                    "from_status": from_status, "to_status": sub.status, "from_price_id": from_price,
+                    "to_price_id": sub.provider_price_id, "tier": sub.tier, "user_tier": user.tier,
+                    "current_period_end": sub.current_period_end, "cancel_at_period_end": sub.cancel_at_period_end,
+                },
+            )  # fmt: skip
     return sub, applied
 
 
@@ -502,8 +552,9 @@ def sync_tier(ctx: Ctx, user: User) -> None:
         user.trial_started_at = user.trial_started_at or best.trial_start or ctx.now
         user.trial_ends_at = best.trial_end or user.trial_ends_at
         user.trial_used = True
-    if best is not None:
-        unlock_after_payment(user)  # a trial that had ended locked the account; paying reopens it
+    if best is not None and best.status not in TRIALING:
+        # A trial that had ended locked the account; paying reopens it. Another free trial is no payment.
+        unlock_after_payment(user)
     if new_tier != user.tier:
         if _plan_rank(session, new_tier) < _plan_rank(session, user.tier):
             user.downgrade_count += 1

@@ -35,6 +35,7 @@ from tollgate.models.users import User
 from tollgate.payments import adapters
 from tollgate.payments.money import to_major, to_minor
 from tollgate.payments.signatures import parse_time
+from tollgate.services.payment_events import stripe_auto_topup
 from tollgate.services.payment_events.handling import (
     BilledLine,
     Ctx,
@@ -138,6 +139,21 @@ def _pack_checkout(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any], user: U
     if outcome.detail.get("status") == "pending":
         outcome.detail["payment_status"] = obj.get("payment_status")
     return outcome
+
+
+def payment_intent_event(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
+    """`payment_intent.succeeded` / `.payment_failed`: only auto top-up's own PaymentIntents move anything (a
+    Checkout's payment is carried by its session's events)."""
+    if not stripe_auto_topup.is_auto_topup(obj):
+        return Outcome.ignored("not an auto top-up payment: a checkout's session events carry it")
+    if event.get("type") == "payment_intent.payment_failed":
+        return stripe_auto_topup.payment_failed(ctx, obj)
+
+    def early_reversals(purchase: Purchase) -> dict[str, Any]:
+        late = _apply_early_reversals(ctx, event, PURCHASE_REVERSALS, payment_intent=purchase.provider_payment_id)
+        return {"late_reversals": late} if late else {}
+
+    return stripe_auto_topup.payment_succeeded(ctx, obj, on_granted=early_reversals)
 
 
 # What `prefetch` stores in `ctx.fetched`: the price ids of a pack checkout's line items.
@@ -821,6 +837,8 @@ HANDLERS: dict[str, Handler] = {
     "invoice.payment_succeeded": invoice_paid,
     "invoice.payment_failed": invoice_payment_failed,
     "invoice_payment.paid": invoice_payment_paid,
+    "payment_intent.succeeded": payment_intent_event,
+    "payment_intent.payment_failed": payment_intent_event,
     "charge.refunded": charge_refunded,
     "charge.dispute.created": dispute_created,
     "charge.dispute.funds_withdrawn": dispute_lost,

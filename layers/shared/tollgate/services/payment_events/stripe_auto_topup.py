@@ -1,0 +1,85 @@
+"""Stripe's `payment_intent.succeeded` / `payment_intent.payment_failed` for the PaymentIntents auto top-up created
+(their metadata carry `auto_topup_attempt_id`).
+
+A success is a pack order like any other: the one pack-order flow grants it, keyed by the payment intent id
+(provider `stripe`), with the amount checked against the pack; the attempt is marked succeeded in the same
+transaction. A failure fails the attempt and turns auto top-up off (see `services.auto_topup`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tollgate.models.payments import Purchase
+from tollgate.payments.signatures import parse_time
+from tollgate.services import auto_topup
+from tollgate.services.payment_events.handling import Ctx, Outcome, PackOrder, as_uuid, fulfil_pack_order, user_by_id
+
+PROVIDER = "stripe"
+ATTEMPT_KEY = "auto_topup_attempt_id"
+
+
+def _meta(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _id(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("id")
+    return str(value) if value else None
+
+
+def is_auto_topup(obj: dict[str, Any]) -> bool:
+    return bool(_meta(obj).get(ATTEMPT_KEY))
+
+
+def payment_succeeded(
+    ctx: Ctx, obj: dict[str, Any], *, on_granted: Callable[[Purchase], dict[str, Any]] | None = None
+) -> Outcome:
+    intent_id = str(obj["id"])
+    meta = _meta(obj)
+    attempt_id = as_uuid(meta.get(ATTEMPT_KEY))
+    attempt = auto_topup.attempt_for_update(ctx.session, attempt_id) if attempt_id else None
+    if attempt is None:
+        return Outcome.rejected("no auto top-up attempt matches this payment", payment_intent=intent_id)
+    if str(meta.get("user_id")) != str(attempt.user_id) or str(meta.get("item_id")) != str(attempt.pack_id):
+        return Outcome.rejected("the payment's buyer or pack is not the attempt's", payment_intent=intent_id)
+    user = user_by_id(ctx.session, attempt.user_id)
+    if user is None:
+        return Outcome.rejected("the attempt's user is gone", payment_intent=intent_id)
+    received = obj.get("amount_received")
+    order = PackOrder(
+        provider=PROVIDER,
+        order_id=intent_id,
+        pack_ref=meta.get("item_id"),
+        amount_minor=received if isinstance(received, int) and received > 0 else obj.get("amount"),
+        currency=str(obj.get("currency") or "").lower() or None,
+        paid=obj.get("status") == "succeeded",
+        paid_at=ctx.provider_time or parse_time(obj.get("created")),
+        payment_id=intent_id,
+        customer_id=_id(obj.get("customer")),
+        metadata={ATTEMPT_KEY: str(attempt.id), "auto_topup_sequence": attempt.sequence},
+    )
+    outcome = fulfil_pack_order(ctx, user, order, on_granted=on_granted)
+    if outcome.status == "processed" and order.paid:
+        auto_topup.mark_succeeded(ctx.session, attempt, intent_id)
+    outcome.detail["auto_topup_attempt"] = str(attempt.id)
+    return outcome
+
+
+def payment_failed(ctx: Ctx, obj: dict[str, Any]) -> Outcome:
+    intent_id = str(obj["id"])
+    attempt_id = as_uuid(_meta(obj).get(ATTEMPT_KEY))
+    attempt = auto_topup.attempt_for_update(ctx.session, attempt_id) if attempt_id else None
+    if attempt is None:
+        return Outcome.rejected("no auto top-up attempt matches this payment", payment_intent=intent_id)
+    if attempt.status not in {"requested", "processing"}:
+        return Outcome.done(auto_topup_attempt=str(attempt.id), already=attempt.status)
+    error = obj.get("last_payment_error") if isinstance(obj.get("last_payment_error"), dict) else {}
+    code = str((error or {}).get("code") or "payment_failed")
+    reason = auto_topup.refusal_reason(code, (error or {}).get("message"))
+    attempt.payment_intent_id = attempt.payment_intent_id or intent_id
+    ctx.after_commit.append(auto_topup.fail_from_webhook(ctx.session, attempt, code, reason))
+    return Outcome.done(auto_topup_attempt=str(attempt.id), status="failed", failure_code=code)
