@@ -3,7 +3,7 @@
 They speak the providers' wire formats for the calls Tollgate makes: Stripe's form-encoded requests with bearer
 secret keys and JSON answers (`/v1/checkout/sessions`, `/v1/checkout/sessions/{id}/line_items`,
 `/v1/billing_portal/sessions`, `GET /v1/events` for reconciliation, `POST /v1/payment_intents` off-session with
-Stripe's test cards, Stripe-style error bodies), and Lemon Squeezy's
+Stripe's test cards, `GET /v1/payment_intents/{id}`, Stripe-style error bodies), and Lemon Squeezy's
 JSON:API (`POST /v1/checkouts`, `GET /v1/orders`, `/v1/subscriptions`, `/v1/subscription-invoices`,
 with `application/vnd.api+json`), and Asaas's API v3 (`/v3/customers`, `/v3/payments`, `/v3/subscriptions`, JSON with
 the `access_token` header, `{"errors": [{"code", "description"}]}` error bodies).
@@ -268,6 +268,12 @@ class StripeStandIn(StandIn):
             return self._create_payment_intent(rec)
         if rec.method == "GET" and path == "/v1/events":
             return self._list_events(dict(parse_qsl(urlsplit(rec.path).query, keep_blank_values=True)))
+        found = re.fullmatch(r"/v1/payment_intents/([^/]+)", path)
+        if rec.method == "GET" and found:
+            pi = self.payment_intents.get(found.group(1))
+            if pi is None:
+                return 404, self.error_body(404, f"No such payment_intent: '{found.group(1)}'"), "application/json"
+            return 200, pi, "application/json"
         match = re.fullmatch(r"/v1/checkout/sessions/([^/]+)/line_items", path)
         if rec.method == "GET" and match:
             prices = self.line_item_prices.get(match.group(1))

@@ -78,6 +78,16 @@ class DeliveryPageOut(BaseModel):
     next_cursor: str | None
 
 
+class OutboxDeliveryOut(DeliveryOut):
+    # "eventbridge" or "consumer:<module.function>"
+    target: str
+
+
+class OutboxDeliveryPageOut(BaseModel):
+    items: list[OutboxDeliveryOut]
+    next_cursor: str | None
+
+
 def _endpoint_out(e: webhook_endpoints.EndpointView) -> EndpointOut:
     return EndpointOut(id=e.id, url=e.url, events=e.events, description=e.description, created_at=e.created_at)
 
@@ -149,8 +159,23 @@ def replay_delivery(endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> tuple[Del
     return _delivery_out(view), 202
 
 
+@app.get(
+    "/admin/outbox/deliveries",
+    summary="EventBridge and internal-consumer deliveries, newest first (?status=DEAD: the ones that gave up)",
+    responses=documented_errors({403: "forbidden"}),
+)
+def list_outbox_deliveries(
+    status: StatusFilter = None, cursor: Cursor = None, limit: Limit = 20
+) -> OutboxDeliveryPageOut:
+    page = webhook_endpoints.list_outbox_deliveries(UnitOfWork(), _actor(), status=status, cursor=cursor, limit=limit)
+    return OutboxDeliveryPageOut(
+        items=[OutboxDeliveryOut(**_delivery_out(v.delivery).model_dump(), target=v.target) for v in page.items],
+        next_cursor=page.next_cursor,
+    )
+
+
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)  # a creation answer carries the signing secret
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

@@ -274,9 +274,13 @@ def test_the_payment_failed_webhook_fails_an_attempt_in_flight(db, payments_env,
     assert enable(user_id, catalogue.pack_id, threshold="95").status == 200
     charge(db, user_id)
     (attempt,) = attempts(db, user_id)
+    with db() as uow:  # Stripe's event carries the attempt's customer (a foreign one is refused)
+        customer_id = uow.session.execute(
+            text("SELECT stripe_customer_id FROM users WHERE id = :u"), {"u": user_id}
+        ).scalar_one()
     intent = {
         "id": f"pi_{uuid.uuid4().hex[:24]}", "object": "payment_intent", "amount": 500, "currency": "usd",
-        "status": "requires_payment_method", "customer": "cus_x",
+        "status": "requires_payment_method", "customer": customer_id,
         "metadata": {"user_id": str(user_id), "kind": "pack", "item_id": str(catalogue.pack_id),
                      "auto_topup_attempt_id": str(attempt["id"])},
         "last_payment_error": {"type": "card_error", "code": "card_declined", "message": "Your card was declined."},

@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     outbox_backoff_base_seconds: float = Field(default=30.0, ge=0, le=3600)
     outbox_backoff_max_seconds: float = Field(default=3600.0, ge=1, le=86_400)
     webhook_delivery_timeout_seconds: float = Field(default=5.0, gt=0, le=30)
+    # Webhook requests one relay pass sends side by side (a slow endpoint then costs a pass one timeout).
+    outbox_webhook_concurrency: int = Field(default=8, ge=1, le=32)
+    # Retention: delivered and dead deliveries, and events left with no pending delivery, go after this.
+    outbox_retention_days: int = Field(default=30, ge=1)
     # One relay invocation keeps polling this long (1 s apart) before it returns: with the 1-minute schedule,
     # an event waits about a second, not up to a minute (the template sets 58). 0: one pass per invocation
     # (locally, where the schedules share one timer thread).

@@ -16,11 +16,14 @@ This module sits low (it imports only db and models): the ledger and services im
 
 from __future__ import annotations
 
+import base64
 import enum
+import json
+import math
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
@@ -96,20 +99,30 @@ def unregister_consumer(event_type: str, fn: Consumer) -> None:
 
 
 def _jsonable(value: Any) -> Any:
-    """Plain JSON values: amounts as decimal strings and times in ISO 8601, as the HTTP API writes them."""
+    """Plain JSON values: amounts as decimal strings and times in ISO 8601, as the HTTP API writes them.
+
+    Whatever JSONB cannot hold becomes text (an object its str, bytes base64, NaN/Infinity their names, NUL
+    U+FFFD): an event's data never makes the change it announces fail.
+    """
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k).replace("\x00", "\ufffd"): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [_jsonable(v) for v in value]
-    if isinstance(value, Decimal):
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else json.dumps(value)
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Decimal | uuid.UUID):
         return str(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime | date):
+    if isinstance(value, datetime | date | time):
         return value.isoformat()
     if isinstance(value, enum.Enum):
-        return value.value
-    return value
+        return _jsonable(value.value)
+    return str(value).replace("\x00", "\ufffd")
 
 
 def emit(

@@ -106,6 +106,7 @@ ROUTE_SCOPES: Final[dict[str, str]] = {
     "DELETE /admin/webhook-endpoints/{endpoint_id}": "admin",
     "GET /admin/webhook-endpoints/{endpoint_id}/deliveries": "admin",
     "POST /admin/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/replay": "admin",
+    "GET /admin/outbox/deliveries": "admin",
 }
 
 CredentialKind = Literal["session", "api_key"]

@@ -7,7 +7,8 @@ One pass, in three short steps so no lock is held while anything is delivered:
 2. claim (one transaction): due PENDING deliveries are claimed with FOR UPDATE SKIP LOCKED, their attempt counted
    and their `next_attempt_at` pushed to the end of a lease, then committed: a second relay skips them, and a
    relay that dies mid-delivery leaves them due again when the lease ends;
-3. deliver outside any transaction, then mark each row (DELIVERED, or due again after 2^n backoff, or DEAD after
+3. deliver outside any transaction (webhooks OUTBOX_WEBHOOK_CONCURRENCY at a time, a failure of any kind being
+   that target's alone), then mark each row (DELIVERED, or due again after 2^n backoff, or DEAD after
    OUTBOX_MAX_ATTEMPTS) in one short transaction. A mark only lands if the row is still the same attempt.
 
 At least once: a delivery that succeeded but whose mark was lost is delivered again; every copy carries the
@@ -22,6 +23,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -35,12 +37,23 @@ from tollgate.db import UnitOfWork
 from tollgate.db.base import new_id, utcnow
 from tollgate.errors import ValidationFailed
 from tollgate.observability import logger
-from tollgate.outbound_webhooks import SendResult, check_url, secret_context, send, signed_headers
+from tollgate.outbound_webhooks import (
+    Resolver,
+    SendResult,
+    resolve_url,
+    secret_context,
+    send,
+    signed_headers,
+    system_resolver,
+)
 from tollgate.outbox import OutboxMessage, consumer_by_name, consumers_for
 
 # Modules that register internal consumers (`tollgate.outbox.register_consumer`) at import: the relay imports
 # them before fanning out, so their event types get a `consumer:` delivery.
 CONSUMER_MODULES: tuple[str, ...] = ("tollgate.services.auto_topup",)
+# Sweeps each scheduled run makes once, before its passes: `module:function`, called with a unit-of-work factory.
+# Auto top-up's re-drives or resolves attempts a dead delivery or a dead function left in flight.
+SWEEPS: tuple[str, ...] = ("tollgate.services.auto_topup:recover_stale",)
 
 EVENTBRIDGE = "eventbridge"
 SOURCE = "tollgate"
@@ -206,6 +219,14 @@ def _subscribed(events: Sequence[str], event_type: str) -> bool:
     return "*" in events or event_type in events
 
 
+# (url, body, headers, timeout, the addresses the URL was checked at) -> the answer
+Sender = Callable[[str, str, dict[str, str], float, tuple[str, ...]], SendResult]
+
+
+def _send(url: str, body: str, headers: dict[str, str], timeout: float, addresses: tuple[str, ...]) -> SendResult:
+    return send(url, body, headers, timeout=timeout, addresses=addresses)
+
+
 class OutboxRelay:
     name = "OutboxRelay"
 
@@ -215,14 +236,16 @@ class OutboxRelay:
         *,
         sink: EventSink | None = None,
         session_factory: sessionmaker[Session] | None = None,
-        sender: Callable[[str, str, dict[str, str], float], SendResult] | None = None,
+        sender: Sender | None = None,
         clock: Callable[[], datetime] = utcnow,
+        resolver: Resolver = system_resolver,
     ) -> None:
         self.settings = settings or get_settings()
         self._sink = sink
         self.session_factory = session_factory
-        self.sender = sender or (lambda url, body, headers, timeout: send(url, body, headers, timeout=timeout))
+        self.sender = sender or _send
         self.clock = clock
+        self.resolver = resolver
 
     @property
     def sink(self) -> EventSink:
@@ -308,14 +331,34 @@ class OutboxRelay:
         bus = [c for c in claimed if c.target == EVENTBRIDGE]
         for start in range(0, len(bus), PUT_EVENTS_BATCH):
             chunk = bus[start : start + PUT_EVENTS_BATCH]
-            for c, error in zip(chunk, self.sink.put([c.message for c in chunk]), strict=True):
+            try:
+                errors = self.sink.put([c.message for c in chunk])
+            except Exception as exc:  # a sink that raises fails its chunk, not the pass
+                errors = [f"{type(exc).__name__}: {exc}"[:500]] * len(chunk)
+            for c, error in zip(chunk, errors, strict=True):
                 results[c.delivery_id] = SendResult(error is None, None, None, error)
         for c in claimed:
             if c.target.startswith("consumer:"):
-                results[c.delivery_id] = self._consume(c)
-            elif c.target.startswith("webhook:"):
-                results[c.delivery_id] = self._webhook(c)
+                results[c.delivery_id] = self._guarded(self._consume, c)
+        # Webhooks side by side: a slow endpoint costs the pass one timeout, not one per delivery.
+        hooks = [c for c in claimed if c.target.startswith("webhook:")]
+        if hooks:
+            workers = min(self.settings.outbox_webhook_concurrency, len(hooks))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbox-webhook") as pool:
+                for c, result in zip(hooks, pool.map(lambda c: self._guarded(self._webhook, c), hooks), strict=True):
+                    results[c.delivery_id] = result
+        for c in claimed:  # a target of no known kind fails (retried, then DEAD) rather than stopping the pass
+            results.setdefault(c.delivery_id, SendResult(False, None, None, "unknown target"))
         return results
+
+    @staticmethod
+    def _guarded(deliver: Callable[[Claimed], SendResult], c: Claimed) -> SendResult:
+        """One target's failure of any kind (a secret that no longer unseals, a bug) is that target's alone."""
+        try:
+            return deliver(c)
+        except Exception as exc:
+            logger.warning("outbox delivery failed", extra={"target": c.target, "event_id": str(c.message.id)})
+            return SendResult(False, None, None, f"{type(exc).__name__}: {exc}"[:500])
 
     def _consume(self, c: Claimed) -> SendResult:
         fn = consumer_by_name(c.target.removeprefix("consumer:"))
@@ -332,13 +375,14 @@ class OutboxRelay:
         if c.url is None or c.secret_sealed is None:
             return SendResult(False, None, None, "the endpoint was deleted")
         try:
-            check_url(c.url, allow_local=self.settings.outbox_delivery == "local")
+            checked = resolve_url(c.url, allow_local=self.settings.outbox_delivery == "local", resolver=self.resolver)
         except ValidationFailed as exc:
             return SendResult(False, None, None, f"refused: {exc}")
         body = json.dumps(c.message.as_payload(), separators=(",", ":"))
         secret = unseal(c.secret_sealed, secret_context(c.endpoint_id or ""))
         headers = signed_headers(secret, str(c.message.id), body)
-        return self.sender(c.url, body, headers, self.settings.webhook_delivery_timeout_seconds)
+        # Connect to the addresses just checked, never to a fresh DNS answer (rebinding).
+        return self.sender(c.url, body, headers, self.settings.webhook_delivery_timeout_seconds, checked.addresses)
 
     def mark(self, claimed: Sequence[Claimed], results: dict[uuid.UUID, SendResult], report: RelayReport) -> None:
         now = self.clock()
@@ -367,6 +411,14 @@ class OutboxRelay:
             uow.session.execute(MARK, params)
             uow.commit()
 
+    def sweep(self) -> None:
+        for spec in SWEEPS:
+            module, name = spec.split(":")
+            try:
+                getattr(importlib.import_module(module), name)(self._uow)
+            except Exception:  # a sweep's failure must not stop the delivery of events; the next run retries
+                logger.exception("outbox relay sweep failed", extra={"sweep": spec})
+
     def run_once(self) -> RelayReport:
         report = RelayReport(passes=1)
         limit = self.settings.outbox_batch_size
@@ -386,6 +438,7 @@ class OutboxRelay:
     ) -> RelayReport:
         """Passes until nothing is due; then, for up to `run_seconds`, poll every `poll_seconds` for new events."""
         total = RelayReport()
+        self.sweep()
         run_for = self.settings.outbox_relay_run_seconds if run_seconds is None else run_seconds
         deadline = time.monotonic() + run_for
         while True:

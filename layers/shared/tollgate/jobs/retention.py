@@ -10,6 +10,10 @@ What goes, and when (days are settings; see README "Scheduled jobs"):
 - AI messages and usage rows past `AI_MESSAGE_RETENTION_DAYS` / `AI_USAGE_RETENTION_DAYS`, and conversations left
   without messages;
 - the scheduled jobs' own cursors after `JOB_CURSOR_RETENTION_DAYS`;
+- outbox deliveries DELIVERED or DEAD longer ago than `OUTBOX_RETENTION_DAYS`, then the events older than that
+  left with no delivery at all: never an event not yet fanned out or with a delivery still PENDING. An event with
+  a dedupe key stays (its deliveries go): it is what makes a repeated emit a no-op (one credits.low per balance
+  episode, one purchase.completed per order), and there are only as many as there are grants and payments;
 - files soft-deleted longer ago than `FILE_RESTORE_DAYS`, and uploads never completed within
   `FILE_UPLOAD_COMPLETE_MINUTES`, each 15 minutes more (files.PURGE_MARGIN: a restore or completion admitted
   inside its window has committed by then): their objects leave the store, then their rows go. The step only
@@ -101,6 +105,23 @@ def sweeps(settings: Settings) -> tuple[Sweep, ...]:
             settings.ai_message_retention_days,
         ),
         Sweep("ai_usage", _delete("ai_usage", "created_at < :cutoff"), settings.ai_usage_retention_days),
+        Sweep(
+            "outbox_deliveries",
+            _delete(
+                "outbox_deliveries",
+                "status IN ('DELIVERED', 'DEAD') AND coalesce(delivered_at, last_attempt_at, created_at) < :cutoff",
+            ),
+            settings.outbox_retention_days,
+        ),
+        Sweep(
+            "outbox_events",
+            _delete(
+                "outbox_events",
+                "dispatched_at IS NOT NULL AND dedupe_key IS NULL AND created_at < :cutoff AND NOT EXISTS "
+                "(SELECT 1 FROM outbox_deliveries d WHERE d.event_id = outbox_events.id)",
+            ),
+            settings.outbox_retention_days,
+        ),
         Sweep(
             "job_cursors",
             "DELETE FROM job_cursors WHERE (job_name, period_key) IN (SELECT job_name, period_key FROM job_cursors "

@@ -92,6 +92,8 @@ class StripeGateway(Protocol):
 
     def charge_off_session(self, request: OffSessionCharge) -> OffSessionResult: ...
 
+    def payment_intent_status(self, payment_intent_id: str) -> OffSessionResult: ...
+
 
 class LemonSqueezyGateway(Protocol):
     def create_checkout(self, request: CheckoutRequest) -> CheckoutSession: ...
@@ -223,6 +225,19 @@ class StripeAdapter:
                 details={"provider": "stripe", "status": getattr(exc, "http_status", None), "error": exc.user_message},
             ) from exc
         return OffSessionResult(payment_intent_id=str(intent["id"]), status=str(intent["status"]))
+
+    def payment_intent_status(self, payment_intent_id: str) -> OffSessionResult:
+        """`GET /v1/payment_intents/:id`: where a PaymentIntent stands now (its last error's code, if any)."""
+        found = self._call("read the payment", self._client.v1.payment_intents.retrieve, payment_intent_id).to_dict()
+        error = found.get("last_payment_error") if isinstance(found.get("last_payment_error"), dict) else {}
+        status = str(found.get("status") or "")
+        return OffSessionResult(
+            payment_intent_id=str(found["id"]),
+            status=status,
+            failure_code=str(error["code"]) if status in REFUSED_STATUSES and error.get("code") else None,
+            decline_code=error.get("decline_code"),
+            failure_message=error.get("message"),
+        )
 
     def failed_events(self, created_gte: int, starting_after: str | None, limit: int) -> Page:
         """`GET /v1/events?delivery_success=false&created[gte]=...`: events (newest first) whose delivery to

@@ -8,7 +8,11 @@ idempotency key made of the user and the attempt's number, so a retried delivery
 are granted only by Stripe's `payment_intent.succeeded` webhook, through the one pack-order flow (keyed by the
 payment intent id), which also marks the attempt succeeded. A refused card (declined, or one that needs the
 customer to authenticate) fails the attempt, turns auto top-up off with the reason, mails the customer a link to
-fix it and emits `auto_topup.failed`: one failure, never a loop of them.
+fix it and emits `auto_topup.failed`: one failure, never a loop of them. An attempt left in flight (its delivery
+went dead, or a function died mid-way) is found by `recover_stale`, which each relay run calls, and re-driven with
+its own key or resolved by reading its PaymentIntent, never by buying again. A PaymentIntent is the attempt's only
+when it comes from the user's Stripe customer and is the attempt's first (`stripe_auto_topup`); accounts no longer
+ACTIVE are not charged.
 
 Rules the lock makes hold under concurrent charges: at most one attempt in flight per user (also a partial unique
 index), and this month's attempts that did not fail, plus the new one, never cost more than the monthly cap.
@@ -19,7 +23,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import func, select, text
@@ -30,12 +34,17 @@ from tollgate import outbox
 from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
 from tollgate.db.base import new_id, utcnow
-from tollgate.errors import AutoTopUpPackUnavailable, MonthlyCapBelowPackPrice, NoDefaultPaymentMethod
+from tollgate.errors import (
+    AutoTopUpPackUnavailable,
+    IdempotencyConflict,
+    MonthlyCapBelowPackPrice,
+    NoDefaultPaymentMethod,
+)
 from tollgate.mail import OutgoingMail, send_mail
 from tollgate.models.auto_topup import IN_FLIGHT, AutoTopUpAttempt, AutoTopUpSetting
 from tollgate.models.credits import CreditPack
 from tollgate.models.payments import PaymentMethod
-from tollgate.models.users import User
+from tollgate.models.users import User, UserStatus
 from tollgate.observability import logger
 from tollgate.payments import adapters
 from tollgate.payments.money import to_minor
@@ -45,6 +54,14 @@ FAILED = outbox.EventType.AUTO_TOPUP_FAILED.value
 ZERO = Decimal(0)
 # Stripe error codes that mean the saved card cannot pay without the customer: turn auto top-up off.
 AUTHENTICATION_REQUIRED = "authentication_required"
+# An attempt in flight untouched this long is stuck (its delivery went dead, or a function died mid-way):
+# `recover_stale` re-drives or resolves it. Well past the relay's own retries of a live delivery.
+STALE_AFTER = timedelta(minutes=15)
+# Stripe keeps an idempotency key's answer for at least 24 hours; after that the same key could make a second
+# PaymentIntent, so an outcome still unknown by then is never re-driven.
+IDEMPOTENCY_WINDOW = timedelta(hours=23)
+# Stripe's statuses of a PaymentIntent still on its way to paying: its webhook will tell.
+PENDING_INTENT = frozenset({"succeeded", "processing", "requires_capture", "requires_confirmation"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +263,8 @@ def _request_if_due(
     ).first()
     if in_flight is not None:
         return None
+    if not _chargeable(session.get(User, user_id)):
+        return None
     pack = session.get(CreditPack, setting.pack_id)
     if pack is None or not pack.active or pack.currency.lower() != setting.currency:
         logger.warning("auto top-up skipped: its pack is not on sale", extra={"user_id": str(user_id)})
@@ -308,6 +327,10 @@ def run_attempt(
             _finish_failed(session, attempt, "auto_topup_disabled", "auto top-up was turned off", notify=False)
             uow.commit()
             return attempt.status
+        if not _chargeable(user):  # suspended, locked or deleted since: never charge the card behind its back
+            _finish_failed(session, attempt, "account_inactive", f"the account is {user.status}", notify=False)
+            uow.commit()
+            return attempt.status
         if method is None or not user.stripe_customer_id:
             mail = _fail(session, attempt, "no_payment_method", "no saved card to charge")
             uow.commit()
@@ -328,7 +351,12 @@ def run_attempt(
             idempotency_key=idempotency_key(user.id, attempt.sequence),
         )
         uow.commit()
-    result = (gateway or adapters.stripe_gateway()).charge_off_session(charge)  # no transaction open here
+    try:
+        result = (gateway or adapters.stripe_gateway()).charge_off_session(charge)  # no transaction open here
+    except IdempotencyConflict:
+        # The key met other parameters (the card changed since the first try, whose answer was lost): retrying
+        # cannot succeed and a new key could buy twice. End it; a payment that did go through still grants.
+        result = adapters.OffSessionResult(None, "unknown", failure_code=IDEMPOTENCY_CONFLICT)
     with uow_factory() as uow:
         session = uow.session
         attempt = _locked_attempt(session, attempt_id)
@@ -346,8 +374,13 @@ def run_attempt(
     return status
 
 
+IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+OUTCOME_UNKNOWN = "outcome_unknown"
 _REASONS = {
     AUTHENTICATION_REQUIRED: "your bank asks you to confirm this payment",
+    IDEMPOTENCY_CONFLICT: "your saved card changed while the payment was being made",
+    OUTCOME_UNKNOWN: "we could not confirm that the payment went through",
+    "canceled": "the payment was canceled",
     "card_declined": "your card was declined",
     "expired_card": "your card has expired",
 }
@@ -358,10 +391,93 @@ def refusal_reason(code: str, message: str | None) -> str:
     return _REASONS.get(code) or message or code
 
 
+def _chargeable(user: User | None) -> bool:
+    return user is not None and user.deleted_at is None and user.status == UserStatus.ACTIVE
+
+
 def _locked_attempt(session: Session, attempt_id: uuid.UUID) -> AutoTopUpAttempt | None:
     return session.execute(
         select(AutoTopUpAttempt).where(AutoTopUpAttempt.id == attempt_id).with_for_update()
     ).scalar_one_or_none()
+
+
+# --- recovery of attempts stuck in flight ------------------------------------------------------------------------
+@dataclass(slots=True)
+class RecoveryReport:
+    redriven: int = 0  # run again with their own idempotency key
+    failed: int = 0  # Stripe refused or canceled it, or its outcome can no longer be learnt safely
+    waiting: int = 0  # Stripe is paying it: its webhook grants it
+
+
+STALE = select(AutoTopUpAttempt.id).where(AutoTopUpAttempt.status.in_(IN_FLIGHT)).order_by(AutoTopUpAttempt.updated_at)
+
+
+def recover_stale(
+    uow_factory: Callable[[], UnitOfWork] = UnitOfWork,
+    *,
+    gateway: adapters.StripeGateway | None = None,
+    now: datetime | None = None,
+    stale_after: timedelta = STALE_AFTER,
+    limit: int = 100,
+) -> RecoveryReport:
+    """Attempts left in flight (a dead delivery, a function that died after marking one `processing`) would block
+    every later top-up of their user. Each one untouched for `stale_after` is, without ever buying twice:
+    re-driven with its own idempotency key while Stripe still answers that key with the first PaymentIntent; read
+    at Stripe when its PaymentIntent is known (failed if refused or canceled, left to its webhook if paying);
+    failed, turning auto top-up off, when its outcome is unknown past the key's window. Overlapping runs are safe:
+    each step locks the attempt and re-checks it."""
+    now = now or utcnow()
+    report = RecoveryReport()
+    with uow_factory() as uow:
+        stale = uow.session.execute(STALE.where(AutoTopUpAttempt.updated_at < now - stale_after).limit(limit))
+        ids = list(stale.scalars())
+    for attempt_id in ids:
+        try:
+            outcome = _recover(uow_factory, attempt_id, gateway, now, stale_after)
+        except Exception:  # one attempt Stripe cannot answer now must not stop the others; the next run retries
+            logger.exception("auto top-up recovery failed", extra={"attempt_id": str(attempt_id)})
+            continue
+        if outcome is not None:
+            setattr(report, outcome, getattr(report, outcome) + 1)
+    return report
+
+
+def _recover(
+    uow_factory: Callable[[], UnitOfWork],
+    attempt_id: uuid.UUID,
+    gateway: adapters.StripeGateway | None,
+    now: datetime,
+    stale_after: timedelta,
+) -> str | None:
+    with uow_factory() as uow:
+        attempt = _locked_attempt(uow.session, attempt_id)
+        if attempt is None or attempt.status not in IN_FLIGHT or attempt.updated_at >= now - stale_after:
+            return None  # another run (or the webhook) got there first
+        status, intent_id, since = attempt.status, attempt.payment_intent_id, attempt.updated_at
+        if status == "processing" and intent_id is None and now - since >= IDEMPOTENCY_WINDOW:
+            mail = _fail(uow.session, attempt, OUTCOME_UNKNOWN, refusal_reason(OUTCOME_UNKNOWN, None))
+            uow.commit()
+            _send(mail)
+            return "failed"
+    if intent_id is None:
+        # Never reached Stripe (`requested`), or its answer was lost within the key's window: the same key
+        # makes the PaymentIntent once or answers the one already made.
+        run_attempt(uow_factory, attempt_id, gateway)
+        return "redriven"
+    found = (gateway or adapters.stripe_gateway()).payment_intent_status(intent_id)
+    with uow_factory() as uow:
+        attempt = _locked_attempt(uow.session, attempt_id)
+        if attempt is None or attempt.status not in IN_FLIGHT:
+            return None
+        if found.status in PENDING_INTENT and not found.refused:
+            attempt.updated_at = now  # looked at: not read again before another `stale_after`
+            uow.commit()
+            return "waiting"
+        code = found.failure_code or found.status
+        mail = _fail(uow.session, attempt, code, refusal_reason(code, found.failure_message))
+        uow.commit()
+    _send(mail)
+    return "failed"
 
 
 # --- outcomes, from the consumer or from Stripe's webhooks ---------------------------------------------------------

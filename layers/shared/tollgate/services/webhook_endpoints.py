@@ -7,14 +7,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from tollgate import ledger
 from tollgate.auth.sealing import seal
 from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
 from tollgate.db.base import new_id, utcnow
-from tollgate.errors import NotFound, ValidationFailed
+from tollgate.errors import Conflict, NotFound, ValidationFailed
 from tollgate.models.outbox import DeliveryStatus, OutboxDelivery, OutboxEvent, WebhookEndpoint
 from tollgate.outbound_webhooks import check_url, new_secret, secret_context
 from tollgate.outbox import EventType
@@ -98,11 +98,22 @@ def create_endpoint(
     secret = new_secret()
     endpoint_id = new_id()
     with uow:
+        # Registrations one at a time (for this transaction only): the cap and the duplicate check hold under races.
+        uow.session.execute(text("SELECT pg_advisory_xact_lock(hashtext('webhook_endpoints.create'))"))
         live = uow.session.execute(
             select(WebhookEndpoint.id).where(WebhookEndpoint.deleted_at.is_(None)).limit(MAX_ENDPOINTS)
         ).all()
         if len(live) >= MAX_ENDPOINTS:
             raise ValidationFailed(f"at most {MAX_ENDPOINTS} webhook endpoints", details={"field": "url"})
+        duplicate = uow.session.execute(
+            select(WebhookEndpoint.id).where(WebhookEndpoint.deleted_at.is_(None), WebhookEndpoint.url == checked)
+        ).scalar_one_or_none()
+        if duplicate is not None:
+            # Two endpoints at one URL would receive every event twice; delete the old one to change its events.
+            raise Conflict(
+                "a webhook endpoint with this URL is already registered",
+                details={"field": "url", "endpoint_id": str(duplicate)},
+            )
         endpoint = WebhookEndpoint(
             id=endpoint_id,
             url=checked,
@@ -167,6 +178,34 @@ def list_deliveries(
         found = uow.session.execute(select(OutboxEvent.id, OutboxEvent.type).where(OutboxEvent.id.in_(ids))).all()
         types = {row.id: row.type for row in found}
         return Page([DeliveryView.of(d, types.get(d.event_id, "")) for d in page.items], page.next_cursor)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxDeliveryView:
+    target: str
+    delivery: DeliveryView
+
+
+def list_outbox_deliveries(
+    uow: UnitOfWork, actor: Actor, *, status: str | None, cursor: str | None, limit: int | None
+) -> Page[OutboxDeliveryView]:
+    """The EventBridge and internal-consumer deliveries (webhook ones are in their endpoint's log), newest first:
+    the dead ones are what an admin looks for."""
+    _admin(actor)
+    if status is not None and status not in set(DeliveryStatus):
+        raise ValidationFailed("unknown status", details={"field": "status", "allowed": list(DeliveryStatus)})
+    with uow:
+        statement = select(OutboxDelivery).where(OutboxDelivery.endpoint_id.is_(None))
+        if status is not None:
+            statement = statement.where(OutboxDelivery.status == status)
+        page = keyset_page(uow.session, statement, OutboxDelivery.id, cursor=cursor, limit=limit, descending=True)
+        ids = [d.event_id for d in page.items]
+        found = uow.session.execute(select(OutboxEvent.id, OutboxEvent.type).where(OutboxEvent.id.in_(ids))).all()
+        types = {row.id: row.type for row in found}
+        return Page(
+            [OutboxDeliveryView(d.target, DeliveryView.of(d, types.get(d.event_id, ""))) for d in page.items],
+            page.next_cursor,
+        )
 
 
 def replay_delivery(

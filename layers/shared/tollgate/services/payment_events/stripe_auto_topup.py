@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tollgate.models.auto_topup import AutoTopUpAttempt
 from tollgate.models.payments import Purchase
+from tollgate.models.users import User
 from tollgate.payments.signatures import parse_time
 from tollgate.services import auto_topup
 from tollgate.services.payment_events.handling import Ctx, Outcome, PackOrder, as_uuid, fulfil_pack_order, user_by_id
@@ -35,6 +37,17 @@ def is_auto_topup(obj: dict[str, Any]) -> bool:
     return bool(_meta(obj).get(ATTEMPT_KEY))
 
 
+def _foreign(obj: dict[str, Any], attempt: AutoTopUpAttempt, user: User) -> str | None:
+    """Why this PaymentIntent is not the attempt's own (None when it is). Metadata alone proves nothing: the money
+    must come from the attempt's user's Stripe customer, and an attempt has one PaymentIntent (the first Stripe
+    answered or reported), so a second one naming it can neither grant again nor fail it."""
+    if attempt.payment_intent_id and attempt.payment_intent_id != str(obj["id"]):
+        return "the attempt belongs to another payment"
+    if not user.stripe_customer_id or _id(obj.get("customer")) != user.stripe_customer_id:
+        return "the payment's customer is not the attempt's user's"
+    return None
+
+
 def payment_succeeded(
     ctx: Ctx, obj: dict[str, Any], *, on_granted: Callable[[Purchase], dict[str, Any]] | None = None
 ) -> Outcome:
@@ -49,6 +62,9 @@ def payment_succeeded(
     user = user_by_id(ctx.session, attempt.user_id)
     if user is None:
         return Outcome.rejected("the attempt's user is gone", payment_intent=intent_id)
+    foreign = _foreign(obj, attempt, user)
+    if foreign is not None:
+        return Outcome.rejected(foreign, payment_intent=intent_id)
     received = obj.get("amount_received")
     order = PackOrder(
         provider=PROVIDER,
@@ -75,6 +91,10 @@ def payment_failed(ctx: Ctx, obj: dict[str, Any]) -> Outcome:
     attempt = auto_topup.attempt_for_update(ctx.session, attempt_id) if attempt_id else None
     if attempt is None:
         return Outcome.rejected("no auto top-up attempt matches this payment", payment_intent=intent_id)
+    user = user_by_id(ctx.session, attempt.user_id)
+    foreign = _foreign(obj, attempt, user) if user is not None else "the attempt's user is gone"
+    if foreign is not None:
+        return Outcome.rejected(foreign, payment_intent=intent_id)
     if attempt.status not in {"requested", "processing"}:
         return Outcome.done(auto_topup_attempt=str(attempt.id), already=attempt.status)
     error = obj.get("last_payment_error") if isinstance(obj.get("last_payment_error"), dict) else {}
