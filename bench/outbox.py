@@ -179,7 +179,7 @@ def bench_throughput(n: int) -> None:
     from tollgate.db import UnitOfWork
     from tollgate.models.registry import load_all
     from tollgate.services import webhook_endpoints
-    from tollgate.services.credits_admin import Actor
+    from tollgate.services.authz import Actor
 
     load_all()
     from tollgate.models import User
@@ -188,7 +188,7 @@ def bench_throughput(n: int) -> None:
         staff = User(email="bench-admin@example.com", role="ADMIN")
         uow.session.add(staff)
         uow.commit()
-        actor = Actor(user_id=staff.id, role="ADMIN")
+        actor = Actor.user(staff.id, "ADMIN")
     _clear()
     webhook_endpoints.create_endpoint(
         UnitOfWork(), actor, url=f"http://localhost:{server.server_address[1]}/h", events=["*"]

@@ -207,6 +207,7 @@ def main() -> int:
     from tollgate.db import UnitOfWork
     from tollgate.models.rag import vector_literal
     from tollgate.rag.embeddings import LocalMiniLM
+    from tollgate.services.authz import Actor
     from tollgate.services.rag_ingest import QaDocument, ingest, qa_drafts
     from tollgate.services.rag_search import retrieve
     from tollgate_local.rag_cli import KNOWLEDGE_DIR, PARAPHRASES_FILE, ingest_path
@@ -219,12 +220,12 @@ def main() -> int:
     rows = synthetic_chunks(args.chunks)
     drafts = qa_drafts([QaDocument(q, a, c) for q, a, c in rows], source="bench")
     t0 = time.perf_counter()
-    report = ingest(UnitOfWork(), drafts, model, batch_size=64)
+    report = ingest(UnitOfWork(), Actor.operator("bench"), drafts, model, batch_size=64)
     seconds = time.perf_counter() - t0
     print(f"\ningestion: {report.created} chunks in {seconds:.1f} s = {report.created / seconds:.0f} chunks/s "
           f"(embedding in batches of 64 + insert with the HNSW index maintained)")  # fmt: skip
     t0 = time.perf_counter()
-    again = ingest(UnitOfWork(), drafts, model, batch_size=64)
+    again = ingest(UnitOfWork(), Actor.operator("bench"), drafts, model, batch_size=64)
     print(f"re-ingesting the same {again.unchanged} chunks: {time.perf_counter() - t0:.2f} s, "
           f"{again.embedded} embedded (dedupe by content hash)")  # fmt: skip
     with UnitOfWork() as uow:

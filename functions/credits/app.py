@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstr
 
 from tollgate.db import UnitOfWork
 from tollgate.errors import ValidationFailed
-from tollgate.http.api import create_app, current_principal
+from tollgate.http.api import create_app, current_actor, current_principal
 from tollgate.http.edge import Cursor, Limit, OptionalTimestampQuery, StrictBody, Timestamp, idempotency_key
 from tollgate.ledger import SCALE
 from tollgate.observability import logger, metrics, tracer
@@ -419,11 +419,6 @@ class ReconcileOut(BaseModel):
 
 
 # --- edge helpers ---------------------------------------------------------------------------------------------
-def _actor() -> credits_admin.Actor:
-    principal = current_principal(app)
-    return credits_admin.Actor(user_id=principal.user_id, role=principal.role)
-
-
 def _user_id() -> uuid.UUID:
     return current_principal(app).user_id
 
@@ -589,8 +584,8 @@ def credit_packs(cursor: Cursor = None, limit: Limit = 20) -> PackPageOut:
 @app.post("/admin/users/<user_id>/credits/usage", summary="Charge a user on a server's behalf")
 def admin_charge(user_id: uuid.UUID, body: UsageIn) -> tuple[ChargeOut, int]:
     result = credits_admin.charge_user(
-        UnitOfWork(), _actor(), user_id, operation=body.operation, quantity=body.quantity, metadata=body.metadata,
-        idempotency_key=idempotency_key(app),
+        UnitOfWork(), current_actor(app), user_id, operation=body.operation, quantity=body.quantity,
+        metadata=body.metadata, idempotency_key=idempotency_key(app),
     )  # fmt: skip
     return ChargeOut(transaction_id=result.transaction_id, charged=result.charged, balance=result.balance), 201
 
@@ -598,7 +593,7 @@ def admin_charge(user_id: uuid.UUID, body: UsageIn) -> tuple[ChargeOut, int]:
 @app.post("/admin/users/<user_id>/credits/adjustments", summary="Add (positive) or remove (negative) credits")
 def admin_adjust(user_id: uuid.UUID, body: AdjustmentIn) -> tuple[AdjustmentOut, int]:
     result = credits_admin.adjust_user(
-        UnitOfWork(), _actor(), user_id, amount=body.amount, reason=body.reason, expires_at=body.expires_at,
+        UnitOfWork(), current_actor(app), user_id, amount=body.amount, reason=body.reason, expires_at=body.expires_at,
         idempotency_key=idempotency_key(app),
     )  # fmt: skip
     out = AdjustmentOut(
@@ -610,7 +605,7 @@ def admin_adjust(user_id: uuid.UUID, body: AdjustmentIn) -> tuple[AdjustmentOut,
 @app.post("/admin/credits/refunds", summary="Refund a charge, in part or whole")
 def admin_refund(body: RefundIn) -> tuple[RefundOut, int]:
     result = credits_admin.refund_transaction(
-        UnitOfWork(), _actor(), transaction_id=body.transaction_id, amount=body.amount, reason=body.reason,
+        UnitOfWork(), current_actor(app), transaction_id=body.transaction_id, amount=body.amount, reason=body.reason,
         idempotency_key=idempotency_key(app),
     )  # fmt: skip
     out = RefundOut(
@@ -622,7 +617,7 @@ def admin_refund(body: RefundIn) -> tuple[RefundOut, int]:
 
 @app.get("/admin/users/<user_id>/credits", summary="A user's balance and every grant")
 def admin_user_credits(user_id: uuid.UUID) -> UserCreditsOut:
-    view = credits_admin.user_credits(UnitOfWork(), _actor(), user_id)
+    view = credits_admin.user_credits(UnitOfWork(), current_actor(app), user_id)
     account = view.account
     zero = Decimal(0)
     return UserCreditsOut(
@@ -651,13 +646,15 @@ def admin_user_credits(user_id: uuid.UUID) -> UserCreditsOut:
 
 @app.put("/admin/users/<user_id>/credits/floor", summary="Open or close a user's credit line")
 def admin_set_floor(user_id: uuid.UUID, body: FloorIn) -> FloorOut:
-    floor = credits_admin.set_credit_floor(UnitOfWork(), _actor(), user_id, floor=body.floor, reason=body.reason)
+    floor = credits_admin.set_credit_floor(
+        UnitOfWork(), current_actor(app), user_id, floor=body.floor, reason=body.reason
+    )
     return FloorOut(floor=floor)
 
 
 @app.get("/admin/feature-costs", summary="The cost table (or, with tier, that plan's overrides)")
 def admin_feature_costs(tier: Annotated[str | None, Query(max_length=32)] = None) -> dict[str, str]:
-    return _costs_out(credits_admin.feature_costs(UnitOfWork(), _actor(), tier=tier))
+    return _costs_out(credits_admin.feature_costs(UnitOfWork(), current_actor(app), tier=tier))
 
 
 @app.put("/admin/feature-costs", summary="Replace the cost table (or, with tier, that plan's overrides)")
@@ -665,63 +662,65 @@ def admin_replace_feature_costs(
     body: Annotated[dict[str, CreditsIn], Body()],
     tier: Annotated[str | None, Query(max_length=32)] = None,
 ) -> dict[str, str]:
-    return _costs_out(credits_admin.replace_feature_costs(UnitOfWork(), _actor(), body, tier=tier))
+    return _costs_out(credits_admin.replace_feature_costs(UnitOfWork(), current_actor(app), body, tier=tier))
 
 
 @app.get("/admin/credits/settings", summary="Credit policy settings")
 def admin_credit_settings() -> CreditSettingsOut:
-    return CreditSettingsOut(allow_bonus_auto_use_toggle=credits_admin.credit_settings(UnitOfWork(), _actor()))
+    return CreditSettingsOut(
+        allow_bonus_auto_use_toggle=credits_admin.credit_settings(UnitOfWork(), current_actor(app))
+    )
 
 
 @app.put("/admin/credits/settings", summary="Whether users may choose to auto-use purchased credits")
 def admin_update_credit_settings(body: CreditSettingsIn) -> CreditSettingsOut:
     value = credits_admin.set_bonus_auto_use_policy(
-        UnitOfWork(), _actor(), allow_toggle=body.allow_bonus_auto_use_toggle
+        UnitOfWork(), current_actor(app), allow_toggle=body.allow_bonus_auto_use_toggle
     )
     return CreditSettingsOut(allow_bonus_auto_use_toggle=value)
 
 
 @app.get("/admin/plans", summary="Every plan, active or not")
 def admin_plans(cursor: Cursor = None, limit: Limit = 20) -> PlanPageOut:
-    page = credits_admin.list_plans(UnitOfWork(), _actor(), cursor=cursor, limit=limit)
+    page = credits_admin.list_plans(UnitOfWork(), current_actor(app), cursor=cursor, limit=limit)
     return PlanPageOut(items=[PlanOut.model_validate(p) for p in page.items], next_cursor=page.next_cursor)
 
 
 @app.post("/admin/plans", summary="Create a plan")
 def admin_create_plan(body: PlanIn) -> tuple[PlanOut, int]:
-    plan = credits_admin.create_plan(UnitOfWork(), _actor(), body.model_dump())
+    plan = credits_admin.create_plan(UnitOfWork(), current_actor(app), body.model_dump())
     return PlanOut.model_validate(plan), 201
 
 
 @app.patch("/admin/plans/<plan_id>", summary="Change a plan")
 def admin_update_plan(plan_id: uuid.UUID, body: PlanPatch) -> PlanOut:
     _no_nulls(body, NOT_NULL_PLAN)
-    plan = credits_admin.update_plan(UnitOfWork(), _actor(), plan_id, body.model_dump(exclude_unset=True))
+    plan = credits_admin.update_plan(UnitOfWork(), current_actor(app), plan_id, body.model_dump(exclude_unset=True))
     return PlanOut.model_validate(plan)
 
 
 @app.get("/admin/credit-packs", summary="Every credit pack, active or not")
 def admin_packs(cursor: Cursor = None, limit: Limit = 20) -> PackPageOut:
-    page = credits_admin.list_packs(UnitOfWork(), _actor(), cursor=cursor, limit=limit)
+    page = credits_admin.list_packs(UnitOfWork(), current_actor(app), cursor=cursor, limit=limit)
     return PackPageOut(items=[PackOut.model_validate(p) for p in page.items], next_cursor=page.next_cursor)
 
 
 @app.post("/admin/credit-packs", summary="Create a credit pack")
 def admin_create_pack(body: PackIn) -> tuple[PackOut, int]:
-    pack = credits_admin.create_pack(UnitOfWork(), _actor(), body.model_dump())
+    pack = credits_admin.create_pack(UnitOfWork(), current_actor(app), body.model_dump())
     return PackOut.model_validate(pack), 201
 
 
 @app.patch("/admin/credit-packs/<pack_id>", summary="Change a credit pack")
 def admin_update_pack(pack_id: uuid.UUID, body: PackPatch) -> PackOut:
     _no_nulls(body, NOT_NULL_PACK)
-    pack = credits_admin.update_pack(UnitOfWork(), _actor(), pack_id, body.model_dump(exclude_unset=True))
+    pack = credits_admin.update_pack(UnitOfWork(), current_actor(app), pack_id, body.model_dump(exclude_unset=True))
     return PackOut.model_validate(pack)
 
 
 @app.post("/admin/credits/reconcile", summary="Check the ledger invariants for every account")
 def admin_reconcile() -> ReconcileOut:
-    report = credits_admin.reconcile(UnitOfWork(), _actor())
+    report = credits_admin.reconcile(UnitOfWork(), current_actor(app))
     return ReconcileOut(
         users_checked=report.users_checked,
         mismatches=[

@@ -15,21 +15,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, Field, StringConstraints
 
 from tollgate.db import UnitOfWork
-from tollgate.http.api import create_app, current_principal
+from tollgate.http.api import create_app, current_actor
 from tollgate.http.edge import Cursor, Limit, StrictBody, documented_errors
 from tollgate.observability import logger, metrics, tracer
 from tollgate.services import webhook_endpoints
-from tollgate.services.credits_admin import Actor
 
 app = create_app("events")
 
 EventName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^(\*|[a-z_]+\.[a-z_]+)$")]
 StatusFilter = Annotated[Literal["PENDING", "DELIVERED", "DEAD"] | None, Query()]
-
-
-def _actor() -> Actor:
-    principal = current_principal(app)
-    return Actor(user_id=principal.user_id, role=principal.role)
 
 
 # --- bodies ---------------------------------------------------------------------------------------------------
@@ -109,7 +103,7 @@ def _delivery_out(d: webhook_endpoints.DeliveryView) -> DeliveryOut:
 )
 def create_endpoint(body: EndpointIn) -> tuple[CreatedEndpointOut, int]:
     created = webhook_endpoints.create_endpoint(
-        UnitOfWork(), _actor(), url=body.url, events=list(body.events), description=body.description
+        UnitOfWork(), current_actor(app), url=body.url, events=list(body.events), description=body.description
     )
     out = _endpoint_out(created.endpoint)
     return CreatedEndpointOut(**out.model_dump(), secret=created.secret), 201
@@ -121,7 +115,7 @@ def create_endpoint(body: EndpointIn) -> tuple[CreatedEndpointOut, int]:
     responses=documented_errors({403: "forbidden"}),
 )
 def list_endpoints(cursor: Cursor = None, limit: Limit = 20) -> EndpointPageOut:
-    page = webhook_endpoints.list_endpoints(UnitOfWork(), _actor(), cursor=cursor, limit=limit)
+    page = webhook_endpoints.list_endpoints(UnitOfWork(), current_actor(app), cursor=cursor, limit=limit)
     return EndpointPageOut(items=[_endpoint_out(e) for e in page.items], next_cursor=page.next_cursor)
 
 
@@ -131,7 +125,7 @@ def list_endpoints(cursor: Cursor = None, limit: Limit = 20) -> EndpointPageOut:
     responses=documented_errors({403: "forbidden", 404: "not_found"}, success=204),
 )
 def delete_endpoint(endpoint_id: uuid.UUID) -> Response[str]:
-    webhook_endpoints.delete_endpoint(UnitOfWork(), _actor(), endpoint_id)
+    webhook_endpoints.delete_endpoint(UnitOfWork(), current_actor(app), endpoint_id)
     return Response(status_code=204, body="")
 
 
@@ -144,7 +138,7 @@ def list_deliveries(
     endpoint_id: uuid.UUID, status: StatusFilter = None, cursor: Cursor = None, limit: Limit = 20
 ) -> DeliveryPageOut:
     page = webhook_endpoints.list_deliveries(
-        UnitOfWork(), _actor(), endpoint_id, status=status, cursor=cursor, limit=limit
+        UnitOfWork(), current_actor(app), endpoint_id, status=status, cursor=cursor, limit=limit
     )
     return DeliveryPageOut(items=[_delivery_out(v) for v in page.items], next_cursor=page.next_cursor)
 
@@ -155,7 +149,7 @@ def list_deliveries(
     responses=documented_errors({403: "forbidden", 404: "not_found"}, success=202),
 )
 def replay_delivery(endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> tuple[DeliveryOut, int]:
-    view = webhook_endpoints.replay_delivery(UnitOfWork(), _actor(), endpoint_id, delivery_id)
+    view = webhook_endpoints.replay_delivery(UnitOfWork(), current_actor(app), endpoint_id, delivery_id)
     return _delivery_out(view), 202
 
 
@@ -167,7 +161,9 @@ def replay_delivery(endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> tuple[Del
 def list_outbox_deliveries(
     status: StatusFilter = None, cursor: Cursor = None, limit: Limit = 20
 ) -> OutboxDeliveryPageOut:
-    page = webhook_endpoints.list_outbox_deliveries(UnitOfWork(), _actor(), status=status, cursor=cursor, limit=limit)
+    page = webhook_endpoints.list_outbox_deliveries(
+        UnitOfWork(), current_actor(app), status=status, cursor=cursor, limit=limit
+    )
     return OutboxDeliveryPageOut(
         items=[OutboxDeliveryOut(**_delivery_out(v.delivery).model_dump(), target=v.target) for v in page.items],
         next_cursor=page.next_cursor,

@@ -14,8 +14,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from tollgate.db import UnitOfWork
-from tollgate.errors import Forbidden
-from tollgate.http.api import Principal, create_app, current_principal
+from tollgate.http.api import create_app, current_actor, current_principal
 from tollgate.http.edge import Cursor, Limit, StrictBody, idempotency_key
 from tollgate.observability import logger, metrics, tracer
 from tollgate.services import rag_ask, rag_ingest, rag_search
@@ -172,13 +171,6 @@ class ConversationDetailOut(ConversationOut):
 
 
 # --- edge helpers ---------------------------------------------------------------------------------------------
-def _admin() -> Principal:
-    principal = current_principal(app)
-    if not principal.is_admin:
-        raise Forbidden("this route is for administrators")
-    return principal
-
-
 def _conversation_out(c: Any) -> dict[str, Any]:
     return {
         "id": c.id,
@@ -195,9 +187,9 @@ def _conversation_out(c: Any) -> dict[str, Any]:
 # --- admin: documents and chunks --------------------------------------------------------------------------------
 @app.post("/admin/rag/documents", summary="Add or update knowledge-base documents (Q&A list or markdown)")
 def add_documents(body: DocumentsIn) -> IngestOut:
-    _admin()
     report = rag_ingest.ingest_request(
         UnitOfWork(),
+        current_actor(app),
         documents=[rag_ingest.QaDocument(d.question, d.answer, d.category, d.metadata) for d in body.documents or []],
         markdown=body.markdown,
         category=body.category,
@@ -220,8 +212,9 @@ def list_chunks(
     category: Annotated[str | None, Query(max_length=64)] = None,
     source: Annotated[str | None, Query(max_length=255)] = None,
 ) -> ChunkPageOut:
-    _admin()
-    page = rag_ingest.list_chunks(UnitOfWork(), limit=limit, cursor=cursor, category=category, source=source)
+    page = rag_ingest.list_chunks(
+        UnitOfWork(), current_actor(app), limit=limit, cursor=cursor, category=category, source=source
+    )
     items = [
         ChunkOut(
             id=c.id,
@@ -245,8 +238,7 @@ def list_chunks(
 
 @app.delete("/admin/rag/chunks/<chunk_id>", summary="Remove a knowledge-base chunk")
 def delete_chunk(chunk_id: uuid.UUID) -> Response[str]:
-    _admin()
-    rag_ingest.delete_chunk(UnitOfWork(), chunk_id)
+    rag_ingest.delete_chunk(UnitOfWork(), current_actor(app), chunk_id)
     return Response(status_code=204, body="")
 
 

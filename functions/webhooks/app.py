@@ -17,12 +17,11 @@ from pydantic import AwareDatetime, BaseModel, Field, HttpUrl
 
 from tollgate.db import UnitOfWork
 from tollgate.errors import BadRequest
-from tollgate.http.api import create_app, current_principal
+from tollgate.http.api import create_app, current_actor, current_principal
 from tollgate.http.edge import Cursor, Limit, idempotency_key
 from tollgate.models.payments import Invoice, Purchase
 from tollgate.observability import logger, metrics, tracer
 from tollgate.services import billing, manual_plans, webhooks
-from tollgate.services.credits_admin import Actor
 
 app = create_app("webhooks")
 
@@ -265,11 +264,6 @@ def asaas_webhook() -> WebhookOut:
 
 
 # --- admin -----------------------------------------------------------------------------------------------------
-def _actor() -> Actor:
-    principal = current_principal(app)
-    return Actor(user_id=principal.user_id, role=principal.role)
-
-
 def _manual_out(view: manual_plans.ManualPlan) -> ManualPlanOut:
     return ManualPlanOut(
         subscription_id=view.subscription_id, user_id=view.user_id, plan_id=view.plan_id, tier=view.tier,
@@ -282,20 +276,19 @@ def _manual_out(view: manual_plans.ManualPlan) -> ManualPlanOut:
 @app.put("/admin/users/<user_id>/plan", summary="Give a user a plan by hand (billing source manual)")
 def assign_manual_plan(user_id: uuid.UUID, body: ManualPlanIn) -> ManualPlanOut:
     view = manual_plans.assign_plan(
-        UnitOfWork(), _actor(), user_id, plan_id=body.plan_id, interval=body.interval, until=body.until
+        UnitOfWork(), current_actor(app), user_id, plan_id=body.plan_id, interval=body.interval, until=body.until
     )
     return _manual_out(view)
 
 
 @app.delete("/admin/users/<user_id>/plan", summary="End a user's manual plan (nothing is clawed back)")
 def end_manual_plan(user_id: uuid.UUID) -> ManualPlanOut:
-    return _manual_out(manual_plans.end_plan(UnitOfWork(), _actor(), user_id))
+    return _manual_out(manual_plans.end_plan(UnitOfWork(), current_actor(app), user_id))
 
 
 @app.post("/admin/webhooks/<event_id>/replay", summary="Re-apply a stored webhook event")
 def replay(event_id: str) -> ReplayOut:
-    principal = current_principal(app)
-    receipt = webhooks.replay_event(event_id, actor_id=principal.user_id, actor_role=principal.role)
+    receipt = webhooks.replay_event(event_id, current_actor(app))
     return ReplayOut(
         received=True, id=receipt.id, event_id=receipt.event_id, type=receipt.type, status=receipt.status,
         duplicate=receipt.duplicate, detail=receipt.detail,

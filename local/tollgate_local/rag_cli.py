@@ -103,7 +103,9 @@ def ingest_path(path: Path, category: str | None = None, *, show_progress: bool 
     from tollgate.config import get_settings
     from tollgate.rag.embeddings import get_embedding_provider
     from tollgate.services.rag_ingest import ingest
+    from tollgate_local.operator import operator_actor
 
+    actor = operator_actor()
     knowledge = read_knowledge(path, category)
     provider = get_embedding_provider()
     batch = get_settings().embedding_batch_size
@@ -115,7 +117,7 @@ def ingest_path(path: Path, category: str | None = None, *, show_progress: bool 
     for drafts, replace_source, label in batches:
         progress = ProgressBar(f"{label[:40]:40}") if show_progress else None
         report = ingest(
-            UnitOfWork(), drafts, provider, replace_source=replace_source, batch_size=batch, progress=progress
+            UnitOfWork(), actor, drafts, provider, replace_source=replace_source, batch_size=batch, progress=progress
         )
         for name in totals:
             totals[name] += getattr(report, name)
@@ -158,11 +160,13 @@ def cmd_reembed(args: argparse.Namespace) -> int:
     from tollgate.rag.embeddings import get_embedding_provider
     from tollgate.services.rag_ingest import reembed
     from tollgate_local.cli import _prepare_database
+    from tollgate_local.operator import operator_actor
 
     _prepare_database()
     provider = get_embedding_provider()
     done = reembed(
         UnitOfWork(),
+        operator_actor(),
         provider,
         batch_size=get_settings().embedding_batch_size,
         progress=ProgressBar(f"re-embedding with {provider.model_id}"),

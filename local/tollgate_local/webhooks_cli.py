@@ -419,9 +419,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     _prepare()
     from tollgate.errors import TollgateError
     from tollgate.services.webhooks import replay_event
+    from tollgate_local.operator import operator_actor
 
     try:
-        receipt = replay_event(args.event_id)
+        receipt = replay_event(args.event_id, operator_actor())
     except TollgateError as exc:
         print(json.dumps({"error": {"code": exc.code, "message": exc.message, "details": exc.details}}, default=str))
         return 1

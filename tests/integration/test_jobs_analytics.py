@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import text
 
@@ -14,6 +15,7 @@ from tollgate.db import UnitOfWork
 from tollgate.jobs import run_job
 from tollgate.jobs.analytics import AnalyticsRollup
 from tollgate.models.credits import AdminSettings
+from tollgate.models.payments import Subscription
 
 DAY = date(2026, 10, 14)
 START = datetime(2026, 10, 14, tzinfo=UTC)
@@ -89,7 +91,63 @@ def test_rolls_up_the_previous_day_and_a_rerun_writes_the_same(db: Callable[[], 
     assert first[("new_users", "")] == 2
     assert first[("new_customers", "")] == 2  # a and b subscribed; old had paid before
     assert first[("churned_subscriptions", "")] == 1
+    assert first[("churn_rate", "")] == 1  # the only subscription paying at the day's start was canceled
     assert first[("revenue", "usd")] == Decimal("5.00")
     assert first[("credits_granted", "")] == Decimal("34")
     assert first[("credits_used", "")] == Decimal("10")
     assert first[("credits_expired", "")] == Decimal("4")
+
+
+def test_mrr_counts_only_paying_subscriptions_and_churn_rate_is_a_ratio(db: Callable[[], UnitOfWork]) -> None:
+    # Given subscriptions of every provider in every state at the end of 14 October (opened a month before unless
+    # said), each with the figure it adds to that day's USD MRR
+    end = START + timedelta(days=1)
+    old = START - timedelta(days=30)
+    rows: list[dict[str, Any]] = [
+        dict(provider="stripe", status="active", unit_amount="20.00", quantity=2),  # +40
+        dict(provider="stripe", status="past_due", unit_amount="10.00"),  # +10: the provider still retries
+        dict(provider="stripe", status="trialing", unit_amount="50.00", trial_end=end + timedelta(days=5)),
+        dict(provider="stripe", status="active", unit_amount="30.00", cancel_at_period_end=True,
+             canceled_at=START - timedelta(days=2)),  # will not recur: churned two days before
+        dict(provider="stripe", status="canceled", unit_amount="25.00", canceled_at=START + timedelta(hours=2),
+             ended_at=START + timedelta(hours=2)),  # paid churn on the day
+        dict(provider="stripe", status="active", unit_amount="60.00", created_at=START - timedelta(days=5),
+             trial_end=end + timedelta(hours=2)),  # active now, but its trial ran past that day
+        dict(provider="stripe", status="active", unit_amount="12.00", created_at=end + timedelta(hours=1)),
+        dict(provider="stripe", status="unpaid", unit_amount="19.00"),  # the provider gave up charging
+        dict(provider="stripe", status="canceled", unit_amount="19.00", canceled_at=START + timedelta(hours=3),
+             ended_at=START + timedelta(hours=3), trial_end=end + timedelta(days=4)),  # a trial dropped: no revenue
+        dict(provider="lemonsqueezy", status="active", unit_amount="240.00", interval="year"),  # +20
+        dict(provider="lemonsqueezy", status="on_trial", unit_amount="15.00", trial_end=end + timedelta(days=3)),
+        dict(provider="lemonsqueezy", status="cancelled", unit_amount="15.00",
+             canceled_at=START + timedelta(hours=5)),  # runs to its period's end, but churned on the day
+        dict(provider="lemonsqueezy", status="expired", unit_amount="15.00", canceled_at=START - timedelta(days=9),
+             ended_at=START - timedelta(days=3)),
+        dict(provider="clerk", status="active", unit_amount="15.00"),  # +15
+        dict(provider="clerk", status="trialing", unit_amount="15.00", trial_end=end + timedelta(days=6)),
+        dict(provider="manual", status="active", unit_amount="0.00"),  # an admin's plan: no revenue
+        dict(provider="asaas", status="active", unit_amount="49.90", currency="brl"),  # +49.90 BRL
+        dict(provider="asaas", status="pending", unit_amount="49.90", currency="brl"),  # never paid yet
+    ]  # fmt: skip
+    with db() as uow:
+        for i, row in enumerate(rows):
+            fields = {"interval": "month", "currency": "usd", "created_at": old, **row}
+            uow.session.add(
+                Subscription(
+                    provider_subscription_id=f"sub_{i}", user_id=make_user(uow.session).id,
+                    **{**fields, "unit_amount": Decimal(fields["unit_amount"])},
+                )
+            )  # fmt: skip
+        uow.commit()
+    # When the rollup runs for the day
+    run_job(AnalyticsRollup(), now=RUN_AT, remaining_ms=plenty, uow_factory=db, safety_ms=1)
+    # Then MRR counts only the paying subscriptions, per currency
+    figures = metrics(db)
+    assert figures[("mrr", "usd")] == Decimal("85")  # 40 + 10 + 240 / 12 + 15
+    assert figures[("mrr", "brl")] == Decimal("49.90")
+    # And the churn rate is the share of the 7 paying at the day's start that stopped during it (2: the Stripe
+    # cancellation and the Lemon Squeezy one), while the churn count also has the dropped trial
+    assert figures[("churn_rate", "")] == Decimal("0.2857")  # 2 / 7
+    assert figures[("churned_subscriptions", "")] == 3
+    # And the live count still includes trials and the subscription set to cancel
+    assert figures[("active_subscriptions", "")] == 11

@@ -30,6 +30,7 @@ from tollgate.jobs.account_jobs import TrialExpiry
 from tollgate.models.users import User
 from tollgate.payments import adapters
 from tollgate.payments.adapters import STRIPE_API_VERSION
+from tollgate.services.authz import Actor
 from tollgate.services.payment_events.handling import Ctx, PackOrder, fulfil_pack_order
 from tollgate.services.webhooks import replay_event
 from tollgate_local.webhooks_cli import stripe_checkout_session, stripe_event
@@ -180,13 +181,13 @@ def test_a_replay_fetches_before_its_transaction_too(db, stripe_api, catalogue, 
     assert send_stripe(event).status >= 500
     seen = lock_probe(stripe_api)
     # When an operator replays it
-    receipt = replay_event(event["id"], db)
+    receipt = replay_event(event["id"], Actor.operator(), db)
     # Then the replay fetched the line items again, with no lock held, and granted the pack once
     assert receipt.status == "processed"
     assert len(seen) == 1 and seen[0][1] == []
     assert balance(db, buyer) == Decimal("100")
     # And replaying it again changes nothing
-    assert replay_event(event["id"], db).detail["already"] == "completed"
+    assert replay_event(event["id"], Actor.operator(), db).detail["already"] == "completed"
     assert balance(db, buyer) == Decimal("100")
 
 

@@ -21,6 +21,7 @@ from tollgate.models.rag import AiConversation, AiMessage, AiUsage
 from tollgate.rag.embeddings import get_embedding_provider
 from tollgate.rag.llm import Completion, OpenAIChat, Passage, Turn
 from tollgate.services import rag_ask
+from tollgate.services.authz import Actor
 from tollgate.services.rag_ingest import QaDocument, ingest, qa_drafts
 
 Db = Callable[[], UnitOfWork]
@@ -35,7 +36,7 @@ DOCS = [
 
 @pytest.fixture
 def kb(db: Db) -> None:
-    ingest(db(), qa_drafts(DOCS), get_embedding_provider())
+    ingest(db(), Actor.operator(), qa_drafts(DOCS), get_embedding_provider())
 
 
 @pytest.fixture

@@ -15,10 +15,12 @@ from tests.support import api_call, make_user
 from tollgate.db import UnitOfWork
 from tollgate.models.rag import FaqChunk
 from tollgate.rag.embeddings import EmbeddingProvider, Embeddings, LocalMiniLM, get_embedding_provider
+from tollgate.services.authz import Actor
 from tollgate.services.rag_ingest import QaDocument, ingest, ingest_request, qa_drafts, reembed
 from tollgate_local.rag_cli import ingest_path, read_knowledge
 
 Db = Callable[[], UnitOfWork]
+OPERATOR = Actor.operator("tests")  # ingestion is privileged: the CLI's operator does it here
 
 DOCS = [
     QaDocument("How do I reset my password?", "POST /auth/password/forgot with your email.", "accounts"),
@@ -58,7 +60,7 @@ def _chunks(db: Db) -> list[FaqChunk]:
 
 def test_ingest_creates_chunks_with_384_dim_vectors_and_full_text(db: Db, model: Counting) -> None:
     # When three Q&A entries are ingested
-    report = ingest(db(), qa_drafts(DOCS), model, batch_size=2)
+    report = ingest(db(), OPERATOR, qa_drafts(DOCS), model, batch_size=2)
     # Then all are created, embedded in batches of two, and stored with model, dimension, hash and metadata
     assert (report.created, report.updated, report.unchanged, report.embedded) == (3, 0, 0, 3)
     chunks = _chunks(db)
@@ -80,11 +82,11 @@ def test_ingest_creates_chunks_with_384_dim_vectors_and_full_text(db: Db, model:
 
 def test_unchanged_content_costs_no_embedding_and_changes_are_reembedded(db: Db, model: Counting) -> None:
     # Given the entries ingested once
-    ingest(db(), qa_drafts(DOCS), model)
+    ingest(db(), OPERATOR, qa_drafts(DOCS), model)
     model.texts.clear()
     before = {c.chunk_key: c.updated_at for c in _chunks(db)}
     # When the same entries come again
-    again = ingest(db(), qa_drafts(DOCS), model)
+    again = ingest(db(), OPERATOR, qa_drafts(DOCS), model)
     # Then nothing is embedded or written
     assert (again.created, again.updated, again.unchanged, again.embedded) == (0, 0, 3, 0)
     assert model.texts == []
@@ -95,7 +97,7 @@ def test_unchanged_content_costs_no_embedding_and_changes_are_reembedded(db: Db,
         QaDocument(DOCS[1].question, DOCS[1].answer, "billing"),
         DOCS[2],
     ]
-    third = ingest(db(), qa_drafts(changed), model)
+    third = ingest(db(), OPERATOR, qa_drafts(changed), model)
     # Then both are updated but only the new text is embedded
     assert (third.created, third.updated, third.unchanged, third.embedded) == (0, 2, 1, 1)
     assert model.texts == [f"{DOCS[0].question}\nUse the reset link we mail you."]
@@ -105,7 +107,7 @@ def test_unchanged_content_costs_no_embedding_and_changes_are_reembedded(db: Db,
 
 def test_a_repeated_question_in_one_request_keeps_the_last_version(db: Db, model: Counting) -> None:
     docs = [QaDocument("Same?", "first", "x"), QaDocument("same", "second", "x")]
-    report = ingest(db(), qa_drafts(docs), model)
+    report = ingest(db(), OPERATOR, qa_drafts(docs), model)
     assert report.created == 1
     assert [c.answer for c in _chunks(db)] == ["second"]
 
@@ -113,11 +115,11 @@ def test_a_repeated_question_in_one_request_keeps_the_last_version(db: Db, model
 def test_a_new_markdown_version_replaces_the_sections_it_dropped(db: Db, model: Counting) -> None:
     # Given a two-section document ingested
     v1 = "# Guide\n\n## Install\n\nRun make run.\n\n## Upgrade\n\nRun tollgate migrate.\n"
-    first = ingest_request(db(), markdown=v1, category="guide", source="guide.md", provider=model)
+    first = ingest_request(db(), OPERATOR, markdown=v1, category="guide", source="guide.md", provider=model)
     assert (first.created, first.deleted) == (2, 0)
     # When a version without the Upgrade section and with a new one comes
     v2 = "# Guide\n\n## Install\n\nRun make run.\n\n## Test\n\nRun make test.\n"
-    second = ingest_request(db(), markdown=v2, category="guide", source="guide.md", provider=model)
+    second = ingest_request(db(), OPERATOR, markdown=v2, category="guide", source="guide.md", provider=model)
     # Then Install is unchanged, Test is created and Upgrade is gone
     assert (second.created, second.unchanged, second.deleted) == (1, 1, 1)
     assert sorted(c.question or "" for c in _chunks(db)) == ["Guide > Install", "Guide > Test"]
@@ -125,16 +127,16 @@ def test_a_new_markdown_version_replaces_the_sections_it_dropped(db: Db, model: 
 
 def test_reembed_moves_every_chunk_to_the_new_model(db: Db, model: Counting) -> None:
     # Given chunks embedded by the local model
-    ingest(db(), qa_drafts(DOCS), model)
+    ingest(db(), OPERATOR, qa_drafts(DOCS), model)
     # When the knowledge base is re-embedded with another model of another dimension
     other = HashEmbeddings("titan-like", 256)
-    moved = reembed(db(), other, batch_size=2)
+    moved = reembed(db(), OPERATOR, other, batch_size=2)
     # Then every chunk now carries that model's vector, and a second run has nothing left to do
     assert moved == 3
     chunks = _chunks(db)
     assert {(c.embedding_model, c.embedding_dim, len(c.embedding)) for c in chunks} == {("titan-like", 256, 256)}
-    assert reembed(db(), other) == 0
-    assert reembed(db(), other, force=True) == 3
+    assert reembed(db(), OPERATOR, other) == 0
+    assert reembed(db(), OPERATOR, other, force=True) == 3
 
 
 def test_cli_ingest_of_the_example_knowledge_base_is_idempotent(db: Db) -> None:

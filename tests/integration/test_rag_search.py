@@ -17,6 +17,7 @@ from tollgate.errors import EmbeddingUnavailable
 from tollgate.models.rag import AiUsage
 from tollgate.rag.embeddings import Embeddings, get_embedding_provider
 from tollgate.services import rag_search
+from tollgate.services.authz import Actor
 from tollgate.services.rag_ingest import QaDocument, ingest, qa_drafts
 
 Db = Callable[[], UnitOfWork]
@@ -45,7 +46,7 @@ QUERIES = [
 
 @pytest.fixture
 def kb(db: Db) -> None:
-    ingest(db(), qa_drafts(LABELLED), get_embedding_provider())
+    ingest(db(), Actor.operator(), qa_drafts(LABELLED), get_embedding_provider())
 
 
 def _search(user: uuid.UUID, body: dict[str, object], headers: dict[str, str] | None = None):

@@ -16,7 +16,7 @@ from tollgate.auth.access_tokens import issue_access_token, verify_access_token
 from tollgate.auth.secrets import hash_secret, new_code, new_token, pkce_challenge
 from tollgate.config import get_settings
 from tollgate.errors import ConfigurationError, Forbidden, WeakPassword
-from tollgate.services.authz import require_role
+from tollgate.services.authz import Actor, require_role
 
 
 @pytest.fixture(autouse=True)
@@ -118,14 +118,19 @@ def test_signing_key_must_be_set_and_long(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_require_role() -> None:
-    # Then a listed role passes, another is Forbidden, and misuse is a programming error
-    require_role("ADMIN", "ADMIN")
-    require_role("SUPPORT", "ADMIN", "SUPPORT")
+    # Given an actor of each role, and the CLI's operator
+    admin, support, user = (Actor.user(uuid.uuid4(), role) for role in ("ADMIN", "SUPPORT", "USER"))
+    operator = Actor.operator()
+    # Then a listed role passes, another is Forbidden (the operator too, unless named), and misuse is a
+    # programming error
+    require_role(admin, "ADMIN")
+    require_role(support, "ADMIN", "SUPPORT")
+    require_role(operator, "ADMIN", "OPERATOR")
     with pytest.raises(Forbidden):
-        require_role("USER", "ADMIN")
+        require_role(user, "ADMIN")
     with pytest.raises(Forbidden):
-        require_role(None, "ADMIN")
+        require_role(operator, "ADMIN")
     with pytest.raises(ValueError):
-        require_role("ADMIN")
+        require_role(admin)
     with pytest.raises(ValueError):
-        require_role("ADMIN", "ROOT")
+        require_role(admin, "ROOT")

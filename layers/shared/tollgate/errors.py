@@ -298,6 +298,12 @@ class AlreadySubscribed(Conflict):
     code = "already_subscribed"
 
 
+class TrialDowngradeLimit(Conflict):
+    """Seed 001's trial rule: a user in a trial has already moved to a cheaper plan twice, the most it allows."""
+
+    code = "trial_downgrade_limit"
+
+
 class CheckoutInProgress(Conflict):
     """The same checkout (buyer, item, Idempotency-Key) is being created by another request right now."""
 

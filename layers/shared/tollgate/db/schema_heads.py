@@ -13,6 +13,7 @@ SCHEMA_HEADS: tuple[str, ...] = (
     "0015_outbox",
     "0016_auto_topup",
     "0017_asaas_checkout_claims",
+    "0018_plan_changes",
 )
 # Every revision this code knows: one outside it means the schema is newer than the code.
 SCHEMA_REVISIONS: tuple[str, ...] = (
@@ -32,4 +33,5 @@ SCHEMA_REVISIONS: tuple[str, ...] = (
     "0015_outbox",
     "0016_auto_topup",
     "0017_asaas_checkout_claims",
+    "0018_plan_changes",
 )

@@ -39,6 +39,7 @@ from tollgate.http.authorizer_context import UNAVAILABLE_CONTEXT
 from tollgate.http.errors import error_body, status_for
 from tollgate.input_bounds import MAX_JSON_DEPTH
 from tollgate.observability import logger
+from tollgate.services.authz import USER, USER_ROLES, Actor
 
 JSON = "application/json"
 # A database restart or failover takes seconds (RDS Proxy queues meanwhile): ask for a retry soon.
@@ -275,10 +276,6 @@ class Principal:
     api_key_id: str | None = None
     auth_time: int | None = None
 
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "ADMIN"
-
 
 def current_principal(app: APIGatewayHttpResolver) -> Principal:
     context = app.current_event.request_context.authorizer.get_lambda or {}
@@ -294,3 +291,11 @@ def current_principal(app: APIGatewayHttpResolver) -> Principal:
         api_key_id=context.get("api_key_id") or None,
         auth_time=int(context["auth_time"]) if str(context.get("auth_time") or "").isdigit() else None,
     )
+
+
+def current_actor(app: APIGatewayHttpResolver) -> Actor:
+    """The caller as the `Actor` privileged services decide on. An HTTP caller is always a user: a role the
+    authorizer would never send (the operator's included) acts with the least privilege, USER."""
+    principal = current_principal(app)
+    role = principal.role if principal.role in USER_ROLES else USER
+    return Actor.user(principal.user_id, role)

@@ -1,11 +1,17 @@
 """AnalyticsRollup: one day's business metrics into `analytics`, upserted per (date, metric, dimension).
 
 Metrics (seed 004's daily metrics):
-- `mrr` per currency: live subscriptions' unit amount x quantity, yearly plans counted as a twelfth;
-- `active_subscriptions`: subscriptions live at the end of the day;
+- `mrr` per currency: paying subscriptions' unit amount x quantity at the end of the day, yearly plans counted
+  as a twelfth. Paying means a paid status of any provider (`active`, or `past_due` while the provider still
+  retries the charge: it leaves MRR when the provider gives up and cancels), a price above 0 (manual plans and
+  free items are not revenue), out of its trial (`trialing`/`on_trial`, or a trial ending after that day), not
+  set to cancel at the period's end (it will not recur: churn counts it the day it was canceled) and not ended;
+- `active_subscriptions`: subscriptions live (trials included) at the end of the day;
 - `new_users`: accounts created that day; `new_customers`: users whose first payment (a completed purchase or
   a subscription) happened that day;
 - `churned_subscriptions`: subscriptions that were canceled or ended that day;
+- `churn_rate`: a ratio (0.05 is 5%): of the subscriptions paying at the start of the day, the share canceled or
+  ended during it (0 when none were paying);
 - `revenue` per currency: completed purchases paid that day, less what was refunded of them;
 - `credits_granted`, `credits_used`, `credits_expired`: from the ledger rows of that day.
 A rerun for the same day overwrites that day's rows with the same figures.
@@ -23,13 +29,17 @@ from tollgate.jobs.periods import daily
 from tollgate.jobs.runner import Step
 
 LIVE = "('active', 'trialing', 'past_due', 'on_trial')"
+# The statuses in which any provider is charging for the subscription (a trial is `trialing`/`on_trial`; Asaas's
+# `pending` has not been paid once; Lemon Squeezy's `cancelled` and Clerk's `canceled` will not renew).
+PAYING = "('active', 'past_due')"
 
 METRIC_QUERIES: dict[str, str] = {
     "mrr": f"""
         SELECT coalesce(currency, 'usd') AS dimension,
                sum(coalesce(unit_amount, 0) * quantity / CASE WHEN interval = 'year' THEN 12 ELSE 1 END) AS value
         FROM subscriptions
-        WHERE status IN {LIVE} AND created_at < :end AND (ended_at IS NULL OR ended_at >= :end)
+        WHERE status IN {PAYING} AND coalesce(unit_amount, 0) > 0 AND NOT cancel_at_period_end
+          AND created_at < :end AND (ended_at IS NULL OR ended_at >= :end) AND (trial_end IS NULL OR trial_end < :end)
         GROUP BY 1""",
     "active_subscriptions": f"""
         SELECT '' AS dimension, count(*) AS value FROM subscriptions
@@ -48,6 +58,18 @@ METRIC_QUERIES: dict[str, str] = {
     "churned_subscriptions": """
         SELECT '' AS dimension, count(*) AS value FROM subscriptions
         WHERE coalesce(ended_at, canceled_at) >= :start AND coalesce(ended_at, canceled_at) < :end""",
+    # Statuses are today's, so the start-of-day base is: paid, past its trial and not stopped by then, and either
+    # still paying or stopped since (what stopped since was live at the start).
+    "churn_rate": f"""
+        WITH base AS (
+            SELECT coalesce(ended_at, canceled_at) AS stopped FROM subscriptions
+            WHERE coalesce(unit_amount, 0) > 0 AND created_at < :start AND (trial_end IS NULL OR trial_end <= :start)
+              AND (coalesce(ended_at, canceled_at) IS NULL OR coalesce(ended_at, canceled_at) >= :start)
+              AND (status IN {PAYING} OR coalesce(ended_at, canceled_at) IS NOT NULL)
+        )
+        SELECT '' AS dimension,
+               coalesce(round(count(*) FILTER (WHERE stopped < :end)::numeric / nullif(count(*), 0), 4), 0) AS value
+        FROM base""",
     "revenue": """
         SELECT currency AS dimension, sum(amount - refunded_amount) AS value FROM purchases
         WHERE coalesce(paid_at, created_at) >= :start AND coalesce(paid_at, created_at) < :end

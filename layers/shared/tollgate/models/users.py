@@ -64,7 +64,10 @@ class User(Base):
     trial_started_at: Mapped[datetime | None]
     trial_ends_at: Mapped[datetime | None]
     trial_used: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # Moves to a cheaper tier; seed 001 allows at most 2 during a trial (services/billing.py refuses a third).
     downgrade_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When a subscription's plan (price) last changed; added by 0018_plan_changes.
+    last_plan_change_at: Mapped[datetime | None]
     timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
     language: Mapped[str] = mapped_column(String(16), default="en", server_default="en")
     last_login_at: Mapped[datetime | None]

@@ -79,7 +79,7 @@ def create_checkout(
     tax_id: str | None = None,
     gateway: asaas.AsaasGateway | None = None,
 ) -> CheckoutResult:
-    from tollgate.services.billing import _user, active_subscription  # billing dispatches here
+    from tollgate.services.billing import _user, active_subscription, refuse_trial_downgrade  # billing dispatches here
 
     with uow:
         user = _user(uow, user_id)
@@ -95,6 +95,7 @@ def create_checkout(
             name, currency = plan.name, plan.currency.lower()
             amount = plan.price_yearly if interval == "year" else plan.price_monthly
             cycle = asaas.CYCLES[interval]
+            refuse_trial_downgrade(uow, user, plan, utcnow())
             active = active_subscription(uow, user.id)
             if active is not None:
                 raise AlreadySubscribed(

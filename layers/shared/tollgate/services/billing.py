@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import select
 
 from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
+from tollgate.db.base import utcnow
 from tollgate.errors import (
     AccountDisabled,
     AlreadySubscribed,
@@ -24,6 +27,7 @@ from tollgate.errors import (
     NoBillingAccount,
     NotFound,
     ProviderNotConfigured,
+    TrialDowngradeLimit,
 )
 from tollgate.models.credits import CreditPack, Plan
 from tollgate.models.payments import Invoice, Purchase, Subscription
@@ -31,12 +35,14 @@ from tollgate.models.users import User, UserStatus
 from tollgate.pagination import Page, keyset_page
 from tollgate.payments import adapters
 from tollgate.payments.money import to_minor
-from tollgate.payments.statuses import ENTITLED
+from tollgate.payments.statuses import ENTITLED, TRIALING
 
 Provider = Literal["stripe", "lemonsqueezy"]
 CheckoutProvider = Literal["stripe", "lemonsqueezy", "asaas"]
 ItemKind = Literal["pack", "plan"]
 Interval = Literal["month", "year"]
+# Seed 001: at most this many moves to a cheaper plan during a trial.
+TRIAL_DOWNGRADES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,8 @@ def create_checkout(
                 raise ProviderNotConfigured(
                     f"this plan has no {interval}ly {provider} price", details={"item_id": str(item_id)}
                 )
+            # Before the portal answer: at the limit, the portal is no way to a cheaper plan either.
+            refuse_trial_downgrade(uow, user, plan, utcnow())
             active = active_subscription(uow, user.id)
             if active is not None:
                 raise AlreadySubscribed(
@@ -135,6 +143,38 @@ def create_checkout(
     gateway = adapters.stripe_gateway() if provider == "stripe" else adapters.lemonsqueezy_gateway()
     session = gateway.create_checkout(request)
     return CheckoutResult(url=session.url, provider=provider, session_id=session.id)
+
+
+def _tier_price(uow: UnitOfWork, tier: str | None) -> Decimal:
+    """A tier's rank as `sync_tier` counts downgrades: its plan's monthly price, FREE below every plan."""
+    if not tier or tier == "FREE":
+        return Decimal(-1)
+    price = uow.session.execute(select(Plan.price_monthly).where(Plan.tier == tier)).scalar_one_or_none()
+    return price if price is not None else Decimal(0)
+
+
+def refuse_trial_downgrade(uow: UnitOfWork, user: User, plan: Plan, now: datetime) -> None:
+    """Seed 001's trial rule: once a user in a trial has moved to a cheaper plan TRIAL_DOWNGRADES times, a checkout
+    for a plan cheaper than the trial's is refused. Providers change plans in their own portals and checkouts, so
+    a checkout Tollgate creates is where it can say no. A user already paying for a plan is past the trial."""
+    if user.downgrade_count < TRIAL_DOWNGRADES or user.trial_ends_at is None or user.trial_ends_at <= now:
+        return
+    subs = (
+        uow.session.execute(
+            select(Subscription).where(Subscription.user_id == user.id).order_by(Subscription.created_at.desc())
+        )
+        .scalars()
+        .all()
+    )
+    if any(s.status in ENTITLED[s.provider] and s.status not in TRIALING for s in subs):
+        return
+    # The trial's plan, even when its subscription was canceled mid-trial (the tier then fell to FREE).
+    trial_tier = next((s.tier for s in subs if s.tier and s.trial_end is not None and s.trial_end > now), None)
+    if plan.price_monthly < _tier_price(uow, trial_tier or user.tier):
+        raise TrialDowngradeLimit(
+            f"a trial allows at most {TRIAL_DOWNGRADES} downgrades, and you have used them",
+            details={"downgrade_count": user.downgrade_count, "trial_ends_at": user.trial_ends_at.isoformat()},
+        )
 
 
 def create_portal(

@@ -1,6 +1,6 @@
 """Admin credit use cases: charges on a user's behalf, adjustments, refunds, account inspection, feature costs,
-the catalogue (plans, credit packs) and reconciliation. Every function checks the caller's role itself (ADMIN)
-and writes an audit_logs row for what it changes."""
+the catalogue (plans, credit packs) and reconciliation. Every function checks the caller's `Actor` itself
+(services/authz.py: ADMIN; support may read an account) and writes an audit_logs row for what it changes."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tollgate.errors import Conflict, NotFound, ValidationFailed
 from tollgate.models.credits import AdminSettings, CreditAccount, CreditGrant, CreditPack, Plan
 from tollgate.models.users import User
 from tollgate.pagination import Page, keyset_page
-from tollgate.services.authz import require_role
+from tollgate.services.authz import ADMIN, SUPPORT, Actor, require_role
 
 OPERATION_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 TIER_NAME = re.compile(r"^[A-Z0-9_]{1,32}$")
@@ -40,16 +40,8 @@ PACK_FIELDS = frozenset(
 )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who acts (the authorizer's principal, as plain values)."""
-
-    user_id: uuid.UUID
-    role: str
-
-
 def _admin(actor: Actor) -> None:
-    require_role(actor.role, "ADMIN")
+    require_role(actor, ADMIN)
 
 
 def _user_exists(uow: UnitOfWork, user_id: uuid.UUID) -> None:
@@ -166,8 +158,9 @@ class UserCredits:
 
 
 def user_credits(uow: UnitOfWork, actor: Actor, user_id: uuid.UUID) -> UserCredits:
-    """The account and every grant (active first, then the newest expired), with remaining and expiry."""
-    _admin(actor)
+    """The account and every grant (active first, then the newest expired), with remaining and expiry. Support
+    reads it too: a customer's balance is what a ticket is usually about."""
+    require_role(actor, ADMIN, SUPPORT)
     with uow:
         _user_exists(uow, user_id)
         account = uow.session.get(CreditAccount, user_id)

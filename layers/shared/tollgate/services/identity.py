@@ -83,6 +83,7 @@ from tollgate.models.auth import (
     VerificationToken,
 )
 from tollgate.pagination import Page, keyset_page
+from tollgate.services.authz import ADMIN, SUPPORT, Actor, has_role
 
 VERIFICATION_TTL = timedelta(hours=24)
 RESET_TTL = timedelta(hours=1)
@@ -1308,7 +1309,7 @@ def create_api_key(
         session = uow.session
         user = _user(session, caller.user_id, lock=True)
         ensure_active(user)
-        if key_scopes.STAFF_SCOPES & set(wanted) and user.role not in (UserRole.ADMIN, UserRole.SUPPORT):
+        if key_scopes.STAFF_SCOPES & set(wanted) and not has_role(Actor.user(user.id, user.role), ADMIN, SUPPORT):
             raise ScopeNotAllowed("only staff can create keys with these scopes", details={"scopes": wanted})
         live = session.execute(
             select(func.count()).select_from(ApiKey).where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))

@@ -36,8 +36,7 @@ from tollgate.models.credits import Plan
 from tollgate.models.payments import Invoice, Subscription
 from tollgate.models.users import User
 from tollgate.payments.statuses import ENTITLED
-from tollgate.services.authz import require_role
-from tollgate.services.credits_admin import Actor
+from tollgate.services.authz import ADMIN, Actor, require_role
 from tollgate.services.payment_events.handling import (
     FREE_TIER,
     Ctx,
@@ -195,7 +194,7 @@ def assign_plan(
     now: datetime | None = None,
 ) -> ManualPlan:
     """Give `user_id` the plan `plan_id` by hand (see the module docstring)."""
-    require_role(actor.role, "ADMIN")
+    require_role(actor, ADMIN)
     now = now or utcnow()
     if interval not in INTERVALS:
         raise ValidationFailed("interval must be month or year", details={"interval": interval})
@@ -266,7 +265,7 @@ def assign_plan(
 def end_plan(uow: UnitOfWork, actor: Actor, user_id: uuid.UUID, *, now: datetime | None = None) -> ManualPlan:
     """End the user's manual plan now: tier back to what their other subscriptions give (else FREE), nothing is
     clawed back."""
-    require_role(actor.role, "ADMIN")
+    require_role(actor, ADMIN)
     now = now or utcnow()
     with uow:
         session = uow.session

@@ -3,6 +3,9 @@
 Unchanged content (same text hash, same embedding model) is recognised and costs no embedding. Embeddings are
 computed in batches between two short transactions (read what exists; write the result), so no database
 transaction stays open while a remote provider is called.
+
+Every entry point takes an `Actor`: admins over HTTP, and the operator at the CLI for ingesting files and
+re-embedding (services/authz.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from tollgate.models.rag import FaqChunk
 from tollgate.pagination import Page, keyset_page
 from tollgate.rag.embeddings import EmbeddingProvider
 from tollgate.rag.text import ChunkDraft, estimate_tokens, markdown_chunks, preview, qa_chunk, slug
+from tollgate.services.authz import ADMIN, OPERATOR, Actor, audit, require_role
 
 Progress = Callable[[int, int], None]  # (chunks embedded so far, chunks to embed)
 
@@ -74,6 +78,7 @@ def _dedupe(drafts: Sequence[ChunkDraft]) -> list[ChunkDraft]:
 
 def ingest(
     uow: UnitOfWork,
+    actor: Actor,
     drafts: Sequence[ChunkDraft],
     provider: EmbeddingProvider,
     *,
@@ -86,6 +91,7 @@ def ingest(
     With `replace_source`, chunks filed under that source that are not among `drafts` are deleted (a new
     version of a markdown document drops the sections it no longer has).
     """
+    require_role(actor, ADMIN, OPERATOR)
     drafts = _dedupe(drafts)
     if not drafts:
         raise EmptyDocument("nothing to ingest")
@@ -147,6 +153,10 @@ def ingest(
                 delete(FaqChunk).where(FaqChunk.source == replace_source, FaqChunk.chunk_key.not_in(keys))
             )
             deleted = int(getattr(removed, "rowcount", 0) or 0)
+        audit(
+            session, actor, action="rag.ingest", target_type="faq_chunks", target_id=replace_source,
+            details={"created": created, "updated": updated, "unchanged": unchanged, "deleted": deleted},
+        )  # fmt: skip
         uow.commit()
     return IngestReport(created, updated, unchanged, deleted, len(to_embed), tokens)
 
@@ -200,6 +210,7 @@ def _apply(row: FaqChunk, draft: ChunkDraft, vector: list[float] | None, provide
 # --- re-embedding: move the whole knowledge base to the configured model -----------------------------------------
 def reembed(
     uow: UnitOfWork,
+    actor: Actor,
     provider: EmbeddingProvider,
     *,
     batch_size: int = 32,
@@ -211,6 +222,7 @@ def reembed(
 
     Until it finishes, searches see only the chunks already moved (vectors of two models are never compared).
     """
+    require_role(actor, ADMIN, OPERATOR)
     query = select(FaqChunk.id).order_by(FaqChunk.id)
     if not force:
         query = query.where(
@@ -240,8 +252,15 @@ def reembed(
 
 # --- admin listing and removal -----------------------------------------------------------------------------------
 def list_chunks(
-    uow: UnitOfWork, *, limit: int, cursor: str | None = None, category: str | None = None, source: str | None = None
+    uow: UnitOfWork,
+    actor: Actor,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    category: str | None = None,
+    source: str | None = None,
 ) -> Page[FaqChunk]:
+    require_role(actor, ADMIN)
     query = select(FaqChunk)
     if category:
         query = query.where(FaqChunk.category == category)
@@ -253,16 +272,19 @@ def list_chunks(
     return page
 
 
-def delete_chunk(uow: UnitOfWork, chunk_id: uuid.UUID) -> None:
+def delete_chunk(uow: UnitOfWork, actor: Actor, chunk_id: uuid.UUID) -> None:
+    require_role(actor, ADMIN)
     with uow:
         result = uow.session.execute(delete(FaqChunk).where(FaqChunk.id == chunk_id))
         if not getattr(result, "rowcount", 0):
             raise ChunkNotFound("no such chunk", details={"chunk_id": str(chunk_id)})
+        audit(uow.session, actor, action="rag.chunk.delete", target_type="faq_chunk", target_id=str(chunk_id))
         uow.commit()
 
 
 def ingest_request(
     uow: UnitOfWork,
+    actor: Actor,
     *,
     documents: Sequence[QaDocument] = (),
     markdown: str | None = None,
@@ -273,6 +295,7 @@ def ingest_request(
     progress: Progress | None = None,
 ) -> IngestReport:
     """`POST /admin/rag/documents`: a Q&A list, or one markdown document, with the configured embedding model."""
+    require_role(actor, ADMIN, OPERATOR)  # before the provider loads: a refused caller costs nothing
     from tollgate.config import get_settings
     from tollgate.rag.embeddings import get_embedding_provider
 
@@ -280,5 +303,7 @@ def ingest_request(
     batch_size = get_settings().embedding_batch_size
     if markdown is not None:
         drafts, filed_under = markdown_drafts(markdown, category or "general", source, metadata)
-        return ingest(uow, drafts, provider, replace_source=filed_under, batch_size=batch_size, progress=progress)
-    return ingest(uow, qa_drafts(documents, source), provider, batch_size=batch_size, progress=progress)
+        return ingest(
+            uow, actor, drafts, provider, replace_source=filed_under, batch_size=batch_size, progress=progress
+        )
+    return ingest(uow, actor, qa_drafts(documents, source), provider, batch_size=batch_size, progress=progress)

@@ -19,8 +19,7 @@ from tollgate.models.outbox import DeliveryStatus, OutboxDelivery, OutboxEvent, 
 from tollgate.outbound_webhooks import check_url, new_secret, secret_context
 from tollgate.outbox import EventType
 from tollgate.pagination import Page, keyset_page
-from tollgate.services.authz import require_role
-from tollgate.services.credits_admin import Actor
+from tollgate.services.authz import ADMIN, Actor, require_role
 
 EVENT_TYPES = frozenset(str(t) for t in EventType)
 MAX_ENDPOINTS = 50
@@ -69,7 +68,7 @@ class DeliveryView:
 
 
 def _admin(actor: Actor) -> None:
-    require_role(actor.role, "ADMIN")
+    require_role(actor, ADMIN)
 
 
 def _events(events: list[str]) -> list[str]:

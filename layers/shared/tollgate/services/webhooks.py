@@ -56,7 +56,7 @@ from tollgate.payments.signatures import (
     verify_lemonsqueezy,
     verify_stripe,
 )
-from tollgate.services.authz import require_role
+from tollgate.services.authz import ADMIN, OPERATOR, Actor, audit, require_role
 from tollgate.services.payment_events.handling import Ctx, Outcome
 
 PROVIDERS = ("stripe", "lemonsqueezy", "clerk", "asaas")
@@ -313,18 +313,11 @@ def receive_webhook(
     return process_event(verify(provider, raw, headers), uow_factory)
 
 
-def replay_event(
-    reference: str,
-    uow_factory: Callable[[], UnitOfWork] = UnitOfWork,
-    *,
-    actor_id: uuid.UUID | None = None,
-    actor_role: str | None = None,
-) -> WebhookReceipt:
+def replay_event(reference: str, actor: Actor, uow_factory: Callable[[], UnitOfWork] = UnitOfWork) -> WebhookReceipt:
     """Re-apply a stored event by its Tollgate id (UUID) or the provider's event id. Handlers are idempotent
     (business keys: orders, invoices, refund steps), so replaying an applied event changes nothing.
-    Over HTTP only admins may (`actor_role`); the CLI (an operator with database access) passes no actor."""
-    if actor_id is not None:
-        require_role(actor_role, "ADMIN")
+    Admins over HTTP and the operator at the CLI may; the replay is audited either way."""
+    require_role(actor, ADMIN, OPERATOR)
     with uow_factory() as uow:
         params: dict[str, Any] = {"ref": reference}
         where = "event_id = :ref"
@@ -338,11 +331,9 @@ def replay_event(
                  f"FROM webhook_events WHERE {where}"),
             params,
         ).all()  # fmt: skip
-        if actor_id is not None and rows:
-            from tollgate import ledger
-
-            ledger.audit(
-                uow.session, actor_id=actor_id, action="webhook.replay", target_type="webhook_event",
+        if rows:
+            audit(
+                uow.session, actor, action="webhook.replay", target_type="webhook_event",
                 target_id=str(rows[0].id), details={"reference": reference},
             )  # fmt: skip
             uow.commit()

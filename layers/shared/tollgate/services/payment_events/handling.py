@@ -480,6 +480,9 @@ def apply_subscription(ctx: Ctx, user: User, state: SubscriptionState) -> tuple[
             sub.provider_price_id = state.price_id
             sub.plan_id = plan.id if plan else None
             sub.tier = plan.tier if plan else None
+            # Seed 001's lastPlanChangeAt; the latest wins, whichever of the user's subscriptions changed.
+            changed_at = ctx.provider_time or ctx.now
+            user.last_plan_change_at = max(changed_at, user.last_plan_change_at or changed_at)
         elif plan is not None and sub.plan_id is None:
             sub.plan_id, sub.tier = plan.id, plan.tier
         sub.status = state.status
