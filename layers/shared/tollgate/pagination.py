@@ -31,7 +31,6 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import ColumnElement, Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from tollgate.auth.access_tokens import signing_key
 from tollgate.config import get_settings
 from tollgate.errors import InvalidCursor, ValidationFailed
 from tollgate.input_bounds import bounded_timestamp
@@ -108,7 +107,12 @@ def _mac(scope: str, payload: str) -> bytes:
     # A key of its own, derived from CURSOR_SIGNING_KEY (in AWS: a secret that functions listing rows read instead
     # of the signing key) or else the signing key: a cursor MAC is never a valid token signature.
     cursor_key = get_settings().cursor_signing_key
-    base = cursor_key.get_secret_value() if cursor_key is not None else signing_key()
+    if cursor_key is not None:
+        base = cursor_key.get_secret_value()
+    else:  # no cursor key of its own (local use): derived from the JWT key; jwt is imported only here then
+        from tollgate.auth.access_tokens import signing_key
+
+        base = signing_key()
     key = hmac.new(base.encode(), _KEY_CONTEXT, hashlib.sha256).digest()
     return hmac.new(key, f"{scope}\x00{payload}".encode(), hashlib.sha256).digest()[:MAC_BYTES]
 
