@@ -54,9 +54,11 @@ from tollgate.services.payment_events.handling import (
     grant_invoice_allowance,
     invoice_for_update,
     notify_payment_failed,
+    reversal_detail,
     reverse_credits,
     subscription_for_update,
     sync_tier,
+    text_or_none,
     user_by_id,
 )
 
@@ -68,10 +70,6 @@ WAS_PAID = PAID | {"REFUNDED", "REFUND_REQUESTED", "REFUND_IN_PROGRESS", "CHARGE
                    "CHARGEBACK_DISPUTE", "AWAITING_CHARGEBACK_REVERSAL", "DUNNING_RECEIVED"}  # fmt: skip
 PAID_INVOICE = frozenset({"paid", "refunded", "partially_refunded"})
 Handler = Callable[[Ctx, dict[str, Any]], Outcome]
-
-
-def _str(value: Any) -> str | None:
-    return str(value) if value is not None and value != "" else None
 
 
 def _money(value: Any) -> Decimal | None:
@@ -126,7 +124,7 @@ def _purchase(ctx: Ctx, payment_id: str) -> Purchase | None:
 def _settle(ctx: Ctx, payment: dict[str, Any]) -> tuple[Purchase | Invoice | None, Outcome]:
     """Make sure a charge that was paid is recorded and granted (once). Returns its purchase / invoice, if any, and
     the outcome of the grant."""
-    if _str(payment.get("subscription")):
+    if text_or_none(payment.get("subscription")):
         outcome = _subscription_charge_paid(ctx, payment)
         ctx.session.flush()  # a purchase / invoice written just now must be found below
         return invoice_for_update(ctx.session, PROVIDER, str(payment["id"])), outcome
@@ -143,7 +141,7 @@ def _pack_charge_paid(ctx: Ctx, payment: dict[str, Any]) -> Outcome:
         if existing is not None:
             return Outcome.done(purchase_id=str(existing.id), already=existing.status)
         return Outcome.ignored("not a Tollgate checkout (no tg: externalReference)", payment=payment_id)
-    customer_id = _str(payment.get("customer"))
+    customer_id = text_or_none(payment.get("customer"))
     user = _buyer(ctx, reference, customer_id)
     if user is None:
         return Outcome.rejected("no Tollgate user matches this charge", payment=payment_id)
@@ -185,7 +183,7 @@ def _subscription_charge_paid(ctx: Ctx, payment: dict[str, Any]) -> Outcome:
     reference = Reference.parse(payment.get("externalReference"))
     sub = subscription_for_update(ctx.session, PROVIDER, sub_id)
     user = ctx.session.get(User, sub.user_id, with_for_update={"key_share": True}) if sub is not None else None
-    user = user or _buyer(ctx, reference, _str(payment.get("customer")))
+    user = user or _buyer(ctx, reference, text_or_none(payment.get("customer")))
     if user is None:
         raise NotYetApplicable("no Tollgate user is linked to this Asaas subscription yet")
     plan, interval = _plan_of(ctx, sub, reference)
@@ -207,10 +205,10 @@ def _subscription_charge_paid(ctx: Ctx, payment: dict[str, Any]) -> Outcome:
         invoice = Invoice(provider=PROVIDER, provider_invoice_id=payment_id, status="paid", currency=CURRENCY)
         ctx.session.add(invoice)
     invoice.provider_subscription_id = sub_id
-    invoice.provider_customer_id = _str(payment.get("customer"))
+    invoice.provider_customer_id = text_or_none(payment.get("customer"))
     invoice.subscription_id = sub.id
     invoice.user_id = user.id
-    invoice.number = _str(payment.get("invoiceNumber"))
+    invoice.number = text_or_none(payment.get("invoiceNumber"))
     invoice.billing_reason = "subscription_cycle"
     invoice.amount_due = charged
     invoice.amount_paid = _money(payment.get("value")) or charged
@@ -298,9 +296,7 @@ def payment_refunded(ctx: Ctx, payment: dict[str, Any]) -> Outcome:
     return Outcome.done(
         payment=payment_id,
         refunded=str(refunded),
-        credits_requested=str(refund.credits_requested),
-        credits_clawed_back=str(refund.credits_clawed_back),
-        credits_shortfall=str(refund.credits_shortfall),
+        **reversal_detail(refund),
         **({"early": settled.detail} if "granted" in settled.detail else {}),
     )
 
@@ -326,20 +322,18 @@ def payment_chargeback(ctx: Ctx, payment: dict[str, Any]) -> Outcome:
     refund = reverse_credits(
         ctx, holder, user_id=holder.user_id, credits=holder.credits, total=holder.amount,
         reversed_money=holder.refunded_amount + holder.disputed_amount, step_id=step_id, kind="chargeback",
-        step_amount=amount, currency=CURRENCY, reason=_str(chargeback.get("reason")),
+        step_amount=amount, currency=CURRENCY, reason=text_or_none(chargeback.get("reason")),
     )  # fmt: skip
     if refund is None:
         return Outcome.done(duplicate_step=step_id)
     return Outcome.done(
         payment=payment_id,
-        credits_requested=str(refund.credits_requested),
-        credits_clawed_back=str(refund.credits_clawed_back),
-        credits_shortfall=str(refund.credits_shortfall),
+        **reversal_detail(refund),
     )
 
 
 def payment_overdue(ctx: Ctx, payment: dict[str, Any]) -> Outcome:
-    payment_id, sub_id = str(payment["id"]), _str(payment.get("subscription"))
+    payment_id, sub_id = str(payment["id"]), text_or_none(payment.get("subscription"))
     if not sub_id:
         return Outcome.done(payment=payment_id, note="an overdue pack charge grants nothing and stays payable")
     sub = subscription_for_update(ctx.session, PROVIDER, sub_id)
@@ -384,7 +378,7 @@ def subscription_event(ctx: Ctx, obj: dict[str, Any]) -> Outcome:
     reference = Reference.parse(obj.get("externalReference"))
     existing = subscription_for_update(ctx.session, PROVIDER, sub_id)
     user = ctx.session.get(User, existing.user_id, with_for_update={"key_share": True}) if existing else None
-    user = user or _buyer(ctx, reference, _str(obj.get("customer")))
+    user = user or _buyer(ctx, reference, text_or_none(obj.get("customer")))
     if user is None:
         if reference is None:
             return Outcome.ignored("not a Tollgate subscription (no tg: externalReference)", subscription=sub_id)
@@ -411,7 +405,7 @@ def subscription_event(ctx: Ctx, obj: dict[str, Any]) -> Outcome:
     state = SubscriptionState(
         provider_subscription_id=sub_id,
         status=status,
-        customer_id=_str(obj.get("customer")),
+        customer_id=text_or_none(obj.get("customer")),
         interval=interval,
         current_period_end=asaas_time(obj.get("nextDueDate")),
         canceled_at=ended if status in TERMINAL[PROVIDER] | {"inactive"} else None,

@@ -64,6 +64,31 @@ class Outcome:
         return cls("rejected", {"reason": reason, **detail})
 
 
+def object_id(value: Any) -> str | None:
+    """A provider field that is an id or, when expanded, an object with an id (Stripe)."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return str(value) if value else None
+
+
+def metadata_of(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def text_or_none(value: Any) -> str | None:
+    return str(value) if value is not None and value != "" else None
+
+
+def reversal_detail(refund: Refund) -> dict[str, str]:
+    """What an applied refund or chargeback step reports in its event's outcome."""
+    return {
+        "credits_requested": str(refund.credits_requested),
+        "credits_clawed_back": str(refund.credits_clawed_back),
+        "credits_shortfall": str(refund.credits_shortfall),
+    }
+
+
 @dataclass
 class Ctx:
     session: Session

@@ -26,8 +26,10 @@ from tollgate.services.payment_events.handling import (
     link_customer,
     notify_payment_failed,
     plan_by_price,
+    reversal_detail,
     reverse_credits,
     subscription_for_update,
+    text_or_none,
     user_by_customer,
     user_by_id,
 )
@@ -40,10 +42,6 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _str(value: Any) -> str | None:
-    return str(value) if value is not None and value != "" else None
-
-
 def _custom(payload: dict[str, Any]) -> dict[str, Any]:
     custom = (payload.get("meta") or {}).get("custom_data")
     return custom if isinstance(custom, dict) else {}
@@ -51,7 +49,7 @@ def _custom(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _buyer(ctx: Ctx, payload: dict[str, Any], attrs: dict[str, Any]) -> User | None:
     return user_by_id(ctx.session, _custom(payload).get("user_id")) or user_by_customer(
-        ctx.session, PROVIDER, _str(attrs.get("customer_id"))
+        ctx.session, PROVIDER, text_or_none(attrs.get("customer_id"))
     )
 
 
@@ -64,7 +62,7 @@ def order_created(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any], attrs
     user = _buyer(ctx, payload, attrs)
     if user is None:
         return Outcome.rejected("no Tollgate user matches this order", order=order_id)
-    customer_id = _str(attrs.get("customer_id"))
+    customer_id = text_or_none(attrs.get("customer_id"))
     link_customer(ctx.session, user, PROVIDER, customer_id)
     total = attrs.get("total")
     order = PackOrder(
@@ -72,11 +70,11 @@ def order_created(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any], attrs
         order_id=order_id,
         pack_ref=custom.get("item_id"),
         amount_minor=int(total) if isinstance(total, int | float) else None,
-        currency=_str(attrs.get("currency")),
+        currency=text_or_none(attrs.get("currency")),
         paid=attrs.get("status") == "paid",
         paid_at=parse_time(attrs.get("created_at")),
         customer_id=customer_id,
-        price_ref=_str((attrs.get("first_order_item") or {}).get("variant_id")),
+        price_ref=text_or_none((attrs.get("first_order_item") or {}).get("variant_id")),
         metadata={"order_number": attrs.get("order_number"), "identifier": attrs.get("identifier")},
         amount_checked=False,  # the total holds tax and discounts; the variant says what was bought
     )
@@ -110,9 +108,7 @@ def order_refunded(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any], attr
         return Outcome.done(note="this refund step was already applied", order=order_id)
     return Outcome.done(
         order=order_id,
-        credits_requested=str(refund.credits_requested),
-        credits_clawed_back=str(refund.credits_clawed_back),
-        credits_shortfall=str(refund.credits_shortfall),
+        **reversal_detail(refund),
     )
 
 
@@ -124,9 +120,9 @@ def subscription_state(data: dict[str, Any], attrs: dict[str, Any], custom: dict
     return SubscriptionState(
         provider_subscription_id=str(data["id"]),
         status=status,
-        customer_id=_str(attrs.get("customer_id")),
-        price_id=_str(attrs.get("variant_id")),
-        product_id=_str(attrs.get("product_id")),
+        customer_id=text_or_none(attrs.get("customer_id")),
+        price_id=text_or_none(attrs.get("variant_id")),
+        product_id=text_or_none(attrs.get("product_id")),
         current_period_end=parse_time(attrs.get("renews_at")) or ends_at,
         cancel_at_period_end=bool(attrs.get("cancelled")),
         canceled_at=parse_time(attrs.get("updated_at")) if status == "cancelled" else None,
@@ -169,8 +165,8 @@ def _invoice(ctx: Ctx, data: dict[str, Any], attrs: dict[str, Any], status: str)
     if invoice is None:
         invoice = Invoice(provider=PROVIDER, provider_invoice_id=invoice_id, status=status, currency=currency)
         ctx.session.add(invoice)
-    invoice.provider_subscription_id = _str(attrs.get("subscription_id"))
-    invoice.provider_customer_id = _str(attrs.get("customer_id"))
+    invoice.provider_subscription_id = text_or_none(attrs.get("subscription_id"))
+    invoice.provider_customer_id = text_or_none(attrs.get("customer_id"))
     invoice.billing_reason = attrs.get("billing_reason")
     invoice.amount_due = to_major(attrs.get("total"), currency)
     if status == "paid" or invoice.status == "paid":

@@ -16,25 +16,23 @@ from tollgate.models.payments import Purchase
 from tollgate.models.users import User
 from tollgate.payments.signatures import parse_time
 from tollgate.services import auto_topup
-from tollgate.services.payment_events.handling import Ctx, Outcome, PackOrder, as_uuid, fulfil_pack_order, user_by_id
+from tollgate.services.payment_events.handling import (
+    Ctx,
+    Outcome,
+    PackOrder,
+    as_uuid,
+    fulfil_pack_order,
+    metadata_of,
+    object_id,
+    user_by_id,
+)
 
 PROVIDER = "stripe"
 ATTEMPT_KEY = "auto_topup_attempt_id"
 
 
-def _meta(obj: dict[str, Any]) -> dict[str, Any]:
-    meta = obj.get("metadata")
-    return meta if isinstance(meta, dict) else {}
-
-
-def _id(value: Any) -> str | None:
-    if isinstance(value, dict):
-        value = value.get("id")
-    return str(value) if value else None
-
-
 def is_auto_topup(obj: dict[str, Any]) -> bool:
-    return bool(_meta(obj).get(ATTEMPT_KEY))
+    return bool(metadata_of(obj).get(ATTEMPT_KEY))
 
 
 def _foreign(obj: dict[str, Any], attempt: AutoTopUpAttempt, user: User) -> str | None:
@@ -43,7 +41,7 @@ def _foreign(obj: dict[str, Any], attempt: AutoTopUpAttempt, user: User) -> str 
     answered or reported), so a second one naming it can neither grant again nor fail it."""
     if attempt.payment_intent_id and attempt.payment_intent_id != str(obj["id"]):
         return "the attempt belongs to another payment"
-    if not user.stripe_customer_id or _id(obj.get("customer")) != user.stripe_customer_id:
+    if not user.stripe_customer_id or object_id(obj.get("customer")) != user.stripe_customer_id:
         return "the payment's customer is not the attempt's user's"
     return None
 
@@ -52,7 +50,7 @@ def payment_succeeded(
     ctx: Ctx, obj: dict[str, Any], *, on_granted: Callable[[Purchase], dict[str, Any]] | None = None
 ) -> Outcome:
     intent_id = str(obj["id"])
-    meta = _meta(obj)
+    meta = metadata_of(obj)
     attempt_id = as_uuid(meta.get(ATTEMPT_KEY))
     attempt = auto_topup.attempt_for_update(ctx.session, attempt_id) if attempt_id else None
     if attempt is None:
@@ -75,7 +73,7 @@ def payment_succeeded(
         paid=obj.get("status") == "succeeded",
         paid_at=ctx.provider_time or parse_time(obj.get("created")),
         payment_id=intent_id,
-        customer_id=_id(obj.get("customer")),
+        customer_id=object_id(obj.get("customer")),
         metadata={ATTEMPT_KEY: str(attempt.id), "auto_topup_sequence": attempt.sequence},
     )
     outcome = fulfil_pack_order(ctx, user, order, on_granted=on_granted)
@@ -87,7 +85,7 @@ def payment_succeeded(
 
 def payment_failed(ctx: Ctx, obj: dict[str, Any]) -> Outcome:
     intent_id = str(obj["id"])
-    attempt_id = as_uuid(_meta(obj).get(ATTEMPT_KEY))
+    attempt_id = as_uuid(metadata_of(obj).get(ATTEMPT_KEY))
     attempt = auto_topup.attempt_for_update(ctx.session, attempt_id) if attempt_id else None
     if attempt is None:
         return Outcome.rejected("no auto top-up attempt matches this payment", payment_intent=intent_id)

@@ -49,9 +49,12 @@ from tollgate.services.payment_events.handling import (
     invoice_allowance,
     invoice_for_update,
     link_customer,
+    metadata_of,
     notify_payment_failed,
+    object_id,
     pack_by_id,
     plan_by_price,
+    reversal_detail,
     reverse_credits,
     subscription_for_update,
     top_up_room,
@@ -63,23 +66,11 @@ PROVIDER = "stripe"
 Handler = Callable[[Ctx, dict[str, Any], dict[str, Any]], Outcome]
 
 
-def _id(value: Any) -> str | None:
-    """Stripe fields are ids or, when expanded, objects with an id."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    return str(value) if value else None
-
-
-def _meta(obj: dict[str, Any]) -> dict[str, Any]:
-    meta = obj.get("metadata")
-    return meta if isinstance(meta, dict) else {}
-
-
 # --- checkout ------------------------------------------------------------------------------------------------------
 def _buyer(ctx: Ctx, obj: dict[str, Any]) -> User | None:
-    meta = _meta(obj)
+    meta = metadata_of(obj)
     user = user_by_id(ctx.session, meta.get("user_id") or obj.get("client_reference_id"))
-    return user or user_by_customer(ctx.session, PROVIDER, _id(obj.get("customer")))
+    return user or user_by_customer(ctx.session, PROVIDER, object_id(obj.get("customer")))
 
 
 def checkout_completed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
@@ -87,17 +78,18 @@ def checkout_completed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> 
     user = _buyer(ctx, obj)
     if user is None:
         return Outcome.rejected("no Tollgate user matches this checkout", session=session_id)
-    link_customer(ctx.session, user, PROVIDER, _id(obj.get("customer")))
+    link_customer(ctx.session, user, PROVIDER, object_id(obj.get("customer")))
     mode = obj.get("mode")
-    meta = _meta(obj)
+    meta = metadata_of(obj)
     if mode == "subscription":
-        sub_id = _id(obj.get("subscription"))
+        sub_id = object_id(obj.get("subscription"))
         if not sub_id:
             return Outcome.rejected("a subscription checkout without a subscription", session=session_id)
         sub = subscription_for_update(ctx.session, PROVIDER, sub_id)
         if sub is None:
             # Record it now; customer.subscription.* events bring its status and periods (never backwards).
-            state = SubscriptionState(sub_id, status="incomplete", customer_id=_id(obj.get("customer")), metadata=meta)
+            customer = object_id(obj.get("customer"))
+            state = SubscriptionState(sub_id, status="incomplete", customer_id=customer, metadata=meta)
             original, ctx.provider_time = ctx.provider_time, None
             try:
                 apply_subscription(ctx, user, state)
@@ -115,17 +107,17 @@ def _pack_checkout(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any], user: U
     """A pack bought through Checkout: the one pack-order flow, with the session's line-item prices fetched
     before the transaction (`prefetch`), and the refunds or disputes that arrived first applied after the grant."""
     session_id = str(obj.get("id"))
-    payment_intent = _id(obj.get("payment_intent"))
+    payment_intent = object_id(obj.get("payment_intent"))
     order = PackOrder(
         provider=PROVIDER,
         order_id=session_id,
-        pack_ref=_meta(obj).get("item_id"),
+        pack_ref=metadata_of(obj).get("item_id"),
         amount_minor=obj.get("amount_total") if isinstance(obj.get("amount_total"), int) else None,
         currency=str(obj.get("currency") or "").lower() or None,
         paid=obj.get("payment_status") in {"paid", "no_payment_required"},
         paid_at=ctx.provider_time,
         payment_id=payment_intent,
-        customer_id=_id(obj.get("customer")),
+        customer_id=object_id(obj.get("customer")),
         price_refs=tuple(ctx.fetched.get(LINE_ITEM_PRICES) or ()),
     )
 
@@ -170,12 +162,13 @@ def prefetch(payload: dict[str, Any], uow_factory: Callable[[], UnitOfWork]) -> 
     obj = (payload.get("data") or {}).get("object")
     if not isinstance(obj, dict) or not obj.get("id") or obj.get("mode") != "payment":
         return {}
-    if _meta(obj).get("kind", "pack") != "pack" or obj.get("payment_status") not in {"paid", "no_payment_required"}:
+    paid = obj.get("payment_status") in {"paid", "no_payment_required"}
+    if metadata_of(obj).get("kind", "pack") != "pack" or not paid:
         return {}
     if not adapters.stripe_api_configured():
         return {}
     with uow_factory() as uow:
-        pack = pack_by_id(uow.session, _meta(obj).get("item_id"))
+        pack = pack_by_id(uow.session, metadata_of(obj).get("item_id"))
         sells_through_price = pack is not None and bool(pack.stripe_price_id)
     if not sells_through_price:
         return {}  # nothing to check the line items against
@@ -211,9 +204,9 @@ def subscription_state(obj: dict[str, Any], *, deleted: bool = False) -> Subscri
     return SubscriptionState(
         provider_subscription_id=str(obj["id"]),
         status="canceled" if deleted else str(obj.get("status") or "incomplete"),
-        customer_id=_id(obj.get("customer")),
-        price_id=_id(price),
-        product_id=_id(price.get("product")),
+        customer_id=object_id(obj.get("customer")),
+        price_id=object_id(price),
+        product_id=object_id(price.get("product")),
         interval=recurring.get("interval") or price.get("interval"),
         current_period_start=parse_time(obj.get("current_period_start") or item.get("current_period_start")),
         current_period_end=parse_time(obj.get("current_period_end") or item.get("current_period_end")),
@@ -225,7 +218,7 @@ def subscription_state(obj: dict[str, Any], *, deleted: bool = False) -> Subscri
         quantity=int(item.get("quantity") or obj.get("quantity") or 1),
         unit_amount=to_major(amount, currency) if amount is not None else None,
         currency=currency,
-        metadata=_meta(obj),
+        metadata=metadata_of(obj),
     )
 
 
@@ -269,7 +262,7 @@ def _line_parents(line: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _line_price(line: dict[str, Any]) -> str | None:
     pricing = (line.get("pricing") or {}).get("price_details") or {}
-    return _id(line.get("price")) or _id(line.get("plan")) or _id(pricing.get("price"))
+    return object_id(line.get("price")) or object_id(line.get("plan")) or object_id(pricing.get("price"))
 
 
 def _line_proration(line: dict[str, Any]) -> bool:
@@ -277,7 +270,8 @@ def _line_proration(line: dict[str, Any]) -> bool:
 
 
 def _line_subscription(line: dict[str, Any]) -> str | None:
-    found = [_id(line.get("subscription"))] + [_id(details.get("subscription")) for details in _line_parents(line)]
+    parents = [details.get("subscription") for details in _line_parents(line)]
+    found = [object_id(ref) for ref in [line.get("subscription"), *parents]]
     return next((sub for sub in found if sub), None)
 
 
@@ -294,7 +288,7 @@ def _line_is_credit(line: dict[str, Any]) -> bool:
 def _invoice_subscription(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     parent = obj.get("parent") if isinstance(obj.get("parent"), dict) else {}
     details = (parent or {}).get("subscription_details") or {}
-    sub_id = _id(obj.get("subscription")) or _id(details.get("subscription"))
+    sub_id = object_id(obj.get("subscription")) or object_id(details.get("subscription"))
     meta = dict(details.get("metadata") or (obj.get("subscription_details") or {}).get("metadata") or {})
     for line in _lines(obj):
         if not meta and isinstance(line.get("metadata"), dict):
@@ -317,12 +311,12 @@ def _invoice_price(obj: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
 def _invoice_payments(obj: dict[str, Any]) -> tuple[str | None, str | None]:
     """The payment intent and charge that paid an invoice: `invoice.payment_intent` / `invoice.charge` (2020-2024),
     or its paid `payments` (current API, when the event carries them)."""
-    payment_intent, charge = _id(obj.get("payment_intent")), _id(obj.get("charge"))
+    payment_intent, charge = object_id(obj.get("payment_intent")), object_id(obj.get("charge"))
     for paid in (obj.get("payments") or {}).get("data") or []:
         if isinstance(paid, dict) and paid.get("status") in (None, "paid"):
             payment = paid.get("payment") or {}
-            payment_intent = payment_intent or _id(payment.get("payment_intent"))
-            charge = charge or _id(payment.get("charge"))
+            payment_intent = payment_intent or object_id(payment.get("payment_intent"))
+            charge = charge or object_id(payment.get("charge"))
     return payment_intent, charge
 
 
@@ -336,7 +330,7 @@ def _upsert_invoice(ctx: Ctx, obj: dict[str, Any], status: str) -> Invoice:
     sub_id, _ = _invoice_subscription(obj)
     _, period = _invoice_price(obj)
     invoice.provider_subscription_id = sub_id or invoice.provider_subscription_id
-    invoice.provider_customer_id = _id(obj.get("customer")) or invoice.provider_customer_id
+    invoice.provider_customer_id = object_id(obj.get("customer")) or invoice.provider_customer_id
     payment_intent, charge = _invoice_payments(obj)
     invoice.provider_charge_id = charge or invoice.provider_charge_id
     invoice.provider_payment_intent_id = payment_intent or invoice.provider_payment_intent_id
@@ -457,13 +451,13 @@ def invoice_payment_paid(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -
     """`invoice_payment.paid` (current API): which payment intent or charge paid an invoice, the link a refund of
     that invoice follows (its charge names no invoice any more). It can arrive before the invoice: the link is kept
     on an `open` invoice row that the invoice's own events complete."""
-    invoice_id = _id(obj.get("invoice"))
+    invoice_id = object_id(obj.get("invoice"))
     if not invoice_id:
         return Outcome.rejected("an invoice payment that names no invoice", invoice_payment=obj.get("id"))
     if obj.get("status") not in (None, "paid"):
         return Outcome.ignored("the invoice payment is not paid", status=obj.get("status"))
     payment = obj.get("payment") or {}
-    payment_intent, charge_id = _id(payment.get("payment_intent")), _id(payment.get("charge"))
+    payment_intent, charge_id = object_id(payment.get("payment_intent")), object_id(payment.get("charge"))
     if not payment_intent and not charge_id:
         return Outcome.ignored("the invoice payment names no payment intent or charge", type=payment.get("type"))
     invoice = invoice_for_update(ctx.session, PROVIDER, invoice_id)
@@ -664,15 +658,13 @@ def _reverse(ctx: Ctx, holder: Any, *, step_id: str, kind: str, step_amount: Dec
         return Outcome.done(duplicate_step=step_id)
     return Outcome.done(
         step=step_id,
-        credits_requested=str(refund.credits_requested),
-        credits_clawed_back=str(refund.credits_clawed_back),
-        credits_shortfall=str(refund.credits_shortfall),
+        **reversal_detail(refund),
     )
 
 
 def charge_refunded(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
     charge_id = str(obj["id"])
-    keys = (charge_id, _id(obj.get("payment_intent")), _id(obj.get("invoice")))
+    keys = (charge_id, object_id(obj.get("payment_intent")), object_id(obj.get("invoice")))
     holder = _charge_holder(ctx, *keys)
     if holder is None:
         _hold_reversal_keys(ctx, *keys)
@@ -706,7 +698,7 @@ def dispute_lost(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcom
     if str(obj.get("status", "")).startswith("warning"):
         return Outcome.done(dispute=obj.get("id"), note="an inquiry moves nothing")
     dispute_id = str(obj["id"])
-    keys = (_id(obj.get("charge")), _id(obj.get("payment_intent")), None)
+    keys = (object_id(obj.get("charge")), object_id(obj.get("payment_intent")), None)
     holder = _charge_holder(ctx, *keys)
     if holder is None:
         _hold_reversal_keys(ctx, *keys)
@@ -731,7 +723,7 @@ def customer_updated(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Ou
     customer_id = str(obj.get("id"))
     user = user_by_customer(ctx.session, PROVIDER, customer_id)
     if user is None:
-        user = user_by_id(ctx.session, _meta(obj).get("user_id"))
+        user = user_by_id(ctx.session, metadata_of(obj).get("user_id"))
         if user is None:
             return Outcome.ignored("no Tollgate user for this customer")
         link_customer(ctx.session, user, PROVIDER, customer_id)
@@ -740,7 +732,7 @@ def customer_updated(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Ou
 
 def payment_method_attached(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
     pm_id = str(obj["id"])
-    customer_id = _id(obj.get("customer"))
+    customer_id = object_id(obj.get("customer"))
     user = user_by_customer(ctx.session, PROVIDER, customer_id)
     row = ctx.session.execute(
         select(PaymentMethod).where(
@@ -779,7 +771,7 @@ def product_event(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outco
     row.deleted = event.get("type") == "product.deleted"
     row.active = bool(obj.get("active", True)) and not row.deleted
     row.livemode = ctx.livemode
-    row.metadata_ = _meta(obj)
+    row.metadata_ = metadata_of(obj)
     row.provider_updated_at = ctx.provider_time
     return Outcome.done(product=product_id, applied=True)
 
@@ -795,7 +787,7 @@ def price_event(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome
         ctx.session.add(row)
     elif not _fresh(ctx, row):
         return Outcome.done(price=price_id, applied=False)
-    product_ref = _id(obj.get("product"))
+    product_ref = object_id(obj.get("product"))
     product = (
         ctx.session.execute(
             select(Product).where(Product.provider == PROVIDER, Product.provider_product_id == product_ref)
@@ -817,7 +809,7 @@ def price_event(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome
     row.deleted = event.get("type") == "price.deleted"
     row.active = bool(obj.get("active", True)) and not row.deleted
     row.livemode = ctx.livemode
-    row.metadata_ = _meta(obj)
+    row.metadata_ = metadata_of(obj)
     row.provider_updated_at = ctx.provider_time
     return Outcome.done(price=price_id, applied=True)
 
