@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 from urllib.parse import parse_qsl, urlsplit
 
 
@@ -104,8 +104,22 @@ class StandIn:
         raise NotImplementedError
 
 
+# A route of the Stripe stand-in kept in another module: (stand-in, request, path) -> an answer, or None when the
+# request is not its own. Modules register theirs at import (StripeStandIn.register_routes).
+StripeRoutes = Callable[["StripeStandIn", Recorded, str], "tuple[int, Any, str] | None"]
+
+
 class StripeStandIn(StandIn):
     """Checkout sessions, their line items and billing-portal sessions, as api.stripe.com answers them."""
+
+    extra_routes: ClassVar[list[StripeRoutes]] = []
+
+    @classmethod
+    def register_routes(cls, routes: StripeRoutes) -> StripeRoutes:
+        """Add `routes` (once) to every stand-in: they see each request before the built-in routes."""
+        if routes not in cls.extra_routes:
+            cls.extra_routes.append(routes)
+        return routes
 
     def __init__(self, api_key: str = "sk_test_standin") -> None:
         super().__init__()
@@ -227,6 +241,10 @@ class StripeStandIn(StandIn):
             if rec.headers.get("content-type", "").split(";")[0] != "application/x-www-form-urlencoded":
                 return 400, self.error_body(400, "form encoding expected"), "application/json"
             rec.form = dict(parse_qsl(rec.body.decode(), keep_blank_values=True))
+        for routes in self.extra_routes:
+            answer = routes(self, rec, path)
+            if answer is not None:
+                return answer
         if rec.method == "POST" and path == "/v1/checkout/sessions":
             form = rec.form
             key = rec.headers.get("idempotency-key")

@@ -15,10 +15,19 @@ from __future__ import annotations
 from typing import Final, Literal
 
 Scope = Literal[
-    "profile:read", "credits:read", "credits:write", "rag", "billing:read", "files:read", "files:write", "admin"
+    "profile:read",
+    "credits:read",
+    "credits:write",
+    "rag",
+    "billing:read",
+    "files:read",
+    "files:write",
+    "orders:read",
+    "admin",
 ]
 SCOPES: Final[tuple[Scope, ...]] = (
-    "profile:read", "credits:read", "credits:write", "rag", "billing:read", "files:read", "files:write", "admin",
+    "profile:read", "credits:read", "credits:write", "rag", "billing:read", "files:read", "files:write",
+    "orders:read", "admin",
 )  # fmt: skip
 # The narrowest useful key: it can read the balance and say whose key it is, and spend nothing.
 DEFAULT_SCOPES: Final[tuple[Scope, ...]] = ("profile:read", "credits:read")
@@ -107,6 +116,59 @@ ROUTE_SCOPES: Final[dict[str, str]] = {
     "GET /admin/webhook-endpoints/{endpoint_id}/deliveries": "admin",
     "POST /admin/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/replay": "admin",
     "GET /admin/outbox/deliveries": "admin",
+    # catalogue
+    "POST /products/{slug}/reviews": SESSION_ONLY,
+    "POST /reviews/{review_id}/helpful": SESSION_ONLY,
+    "POST /admin/products": "admin",
+    "PATCH /admin/products/{product_id}": "admin",
+    "POST /admin/products/{product_id}/publish": "admin",
+    "POST /admin/products/{product_id}/archive": "admin",
+    "POST /admin/products/{product_id}/prices": "admin",
+    "PATCH /admin/prices/{price_id}": "admin",
+    "POST /admin/product-categories": "admin",
+    "PATCH /admin/product-categories/{category_id}": "admin",
+    # commerce
+    "POST /orders/checkout": SESSION_ONLY,
+    "GET /orders": "orders:read",
+    "GET /orders/{order_id}": "orders:read",
+    "GET /admin/orders": "admin",
+    "POST /admin/discounts": "admin",
+    "PATCH /admin/discounts/{discount_id}": "admin",
+    "GET /admin/discounts": "admin",
+    "POST /discounts/validate": SESSION_ONLY,
+    # aftersales
+    "GET /orders/{order_id}/items/{item_id}/download": "orders:read",
+    "POST /admin/orders/{order_id}/refunds": "admin",
+    # support
+    "POST /support/tickets": SESSION_ONLY,
+    "GET /support/tickets": SESSION_ONLY,
+    "GET /support/tickets/{ticket_id}": SESSION_ONLY,
+    "POST /support/tickets/{ticket_id}/messages": SESSION_ONLY,
+    "GET /admin/support/tickets": "admin",
+    "GET /admin/support/tickets/{ticket_id}": "admin",
+    "PATCH /admin/support/tickets/{ticket_id}": "admin",
+    "POST /admin/support/tickets/{ticket_id}/messages": "admin",
+    "POST /support/users/{user_id}/goodwill": "admin",
+    "GET /admin/system-config": "admin",
+    "PUT /admin/system-config/{key}": "admin",
+    # admin
+    "GET /admin/users": "admin",
+    "GET /admin/users/{user_id}": "admin",
+    "PATCH /admin/users/{user_id}": "admin",
+    "POST /admin/users/{user_id}/export": "admin",
+    "POST /admin/users/{user_id}/erase": "admin",
+    # audit
+    "GET /admin/audit-logs": "admin",
+    "POST /admin/features": "admin",
+    "PATCH /admin/features/{feature_id}": "admin",
+    "DELETE /admin/features/{feature_id}": "admin",
+    # reports
+    "GET /admin/analytics": "admin",
+    "GET /admin/email-logs": "admin",
+    "GET /admin/subscription-events": "admin",
+    "GET /admin/refunds": "admin",
+    "GET /admin/reports/low-balance": "admin",
+    "GET /billing/payment-methods": "billing:read",
 }
 
 CredentialKind = Literal["session", "api_key"]

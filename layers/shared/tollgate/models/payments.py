@@ -25,7 +25,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tollgate.db.base import Base, CreatedAt, UpdatedAt, UUIDPk
@@ -33,6 +33,15 @@ from tollgate.db.base import Base, CreatedAt, UpdatedAt, UUIDPk
 MONEY = Numeric(14, 3)
 CREDITS = Numeric(18, 4)
 PROVIDERS = "provider IN ('stripe', 'lemonsqueezy', 'clerk', 'asaas', 'manual')"
+
+
+PRODUCT_STATUSES = ("DRAFT", "PUBLISHED", "ARCHIVED", "DELETED")
+PRODUCT_TYPES = ("ONE_TIME", "SUBSCRIPTION", "DIGITAL_DOWNLOAD", "SERVICE")
+REFUND_STATUSES = ("PENDING", "SUCCEEDED", "FAILED", "CANCELED")
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
 
 
 def _json_object() -> Any:
@@ -71,14 +80,55 @@ class WebhookEvent(Base):
 
 
 class Product(Base):
+    """A product: seed 004's catalogue entry (made in Tollgate, synchronised to Stripe when published) or a mirror
+    of a product made in Stripe (`product.*` webhooks; no slug). Extended by 0019_commerce."""
+
     __tablename__ = "products"
-    __table_args__ = (UniqueConstraint("provider", "provider_product_id"), CheckConstraint(PROVIDERS, name="provider"))
+    __table_args__ = (
+        UniqueConstraint("provider", "provider_product_id"),
+        CheckConstraint(PROVIDERS, name="provider"),
+        CheckConstraint(f"status IN ({_sql_list(PRODUCT_STATUSES)})", name="status"),
+        CheckConstraint(f"type IN ({_sql_list(PRODUCT_TYPES)})", name="type"),
+        CheckConstraint("base_price >= 0", name="base_price"),
+        CheckConstraint("tax_rate IS NULL OR (tax_rate >= 0 AND tax_rate < 1)", name="tax_rate"),
+        CheckConstraint("download_limit IS NULL OR download_limit >= -1", name="download_limit"),
+        CheckConstraint("access_days IS NULL OR access_days > 0", name="access_days"),
+        CheckConstraint("trial_days IS NULL OR trial_days >= 0", name="trial_days"),
+        # Stock never goes below zero, whatever races: reservations decrement it under this rule.
+        CheckConstraint("stock_quantity >= 0", name="stock_quantity"),
+        Index("uq_products_slug", "slug", unique=True, postgresql_where=text("slug IS NOT NULL")),
+        Index("ix_products_published", "status", "featured", "id", postgresql_where=text("status = 'PUBLISHED'")),
+        Index("ix_products_tags", "tags", postgresql_using="gin"),
+    )
 
     id: Mapped[UUIDPk]
     provider: Mapped[str] = mapped_column(String(16), default="stripe", server_default="stripe")
-    provider_product_id: Mapped[str] = mapped_column(String(255))
+    # NULL until the product is first published (and so created in Stripe).
+    provider_product_id: Mapped[str | None] = mapped_column(String(255))
     name: Mapped[str] = mapped_column(String(255))
     description: Mapped[str | None] = mapped_column(Text)
+    short_description: Mapped[str | None] = mapped_column(String(500))
+    slug: Mapped[str | None] = mapped_column(String(160))
+    status: Mapped[str] = mapped_column(String(16), default="DRAFT", server_default="DRAFT")
+    type: Mapped[str] = mapped_column(String(24), default="ONE_TIME", server_default="ONE_TIME")
+    base_price: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0), server_default="0")
+    currency: Mapped[str] = mapped_column(String(3), default="usd", server_default="usd")
+    tax_rate: Mapped[Decimal | None] = mapped_column(Numeric(5, 4))
+    download_url: Mapped[str | None] = mapped_column(Text)
+    download_file_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("storage_objects.id"))
+    download_limit: Mapped[int | None] = mapped_column(Integer, default=-1, server_default="-1")  # -1: unlimited
+    access_days: Mapped[int | None] = mapped_column(Integer)  # NULL: lifetime
+    billing_interval: Mapped[str | None] = mapped_column(String(16))
+    trial_days: Mapped[int | None] = mapped_column(Integer, default=0, server_default="0")
+    images: Mapped[list[Any]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
+    files: Mapped[list[Any]] = mapped_column(JSONB, default=list, server_default=text("'[]'::jsonb"))
+    meta_title: Mapped[str | None] = mapped_column(String(255))
+    meta_description: Mapped[str | None] = mapped_column(String(500))
+    tags: Mapped[list[str]] = mapped_column(ARRAY(String(64)), default=list, server_default=text("'{}'"))
+    featured: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    track_inventory: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    stock_quantity: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    low_stock_threshold: Mapped[int | None] = mapped_column(Integer)
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
     deleted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     livemode: Mapped[bool | None] = mapped_column(Boolean)
@@ -86,17 +136,27 @@ class Product(Base):
         "metadata", JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
     )
     provider_updated_at: Mapped[datetime | None]
+    published_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
     created_at: Mapped[CreatedAt]
     updated_at: Mapped[UpdatedAt]
 
 
 class Price(Base):
+    """A price of a product: one-time or recurring; made in Tollgate (synchronised to Stripe) or mirrored."""
+
     __tablename__ = "prices"
-    __table_args__ = (UniqueConstraint("provider", "provider_price_id"), CheckConstraint(PROVIDERS, name="provider"))
+    __table_args__ = (
+        UniqueConstraint("provider", "provider_price_id"),
+        CheckConstraint(PROVIDERS, name="provider"),
+        CheckConstraint("unit_amount IS NULL OR unit_amount >= 0", name="unit_amount"),
+        Index("ix_prices_product_id", "product_id"),
+    )
 
     id: Mapped[UUIDPk]
     provider: Mapped[str] = mapped_column(String(16), default="stripe", server_default="stripe")
-    provider_price_id: Mapped[str] = mapped_column(String(255))
+    # NULL until the price is created in Stripe (when its product is published).
+    provider_price_id: Mapped[str | None] = mapped_column(String(255))
     provider_product_id: Mapped[str | None] = mapped_column(String(255))
     product_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("products.id"))
     type: Mapped[str | None] = mapped_column(String(16))
@@ -106,6 +166,7 @@ class Price(Base):
     interval_count: Mapped[int | None] = mapped_column(Integer)
     nickname: Mapped[str | None] = mapped_column(String(255))
     lookup_key: Mapped[str | None] = mapped_column(String(255))
+    recurring: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # Stripe's recurring object, as sent
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
     deleted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     livemode: Mapped[bool | None] = mapped_column(Boolean)
@@ -312,24 +373,38 @@ class Refund(Base):
     __table_args__ = (
         UniqueConstraint("provider", "provider_refund_id"),
         Index("ix_refunds_purchase_id", "purchase_id"),
+        Index("ix_refunds_order_id", "order_id"),
         CheckConstraint(PROVIDERS, name="provider"),
+        CheckConstraint(f"status IN ({_sql_list(REFUND_STATUSES)})", name="status"),
     )
 
     id: Mapped[UUIDPk]
     provider: Mapped[str] = mapped_column(String(16))
-    provider_refund_id: Mapped[str] = mapped_column(String(255))
+    # NULL while a refund Tollgate asked for is being sent to the provider (the row reserves its amount first).
+    provider_refund_id: Mapped[str | None] = mapped_column(String(255))
     kind: Mapped[str] = mapped_column(String(16))
     user_id: Mapped[uuid.UUID | None] = _user()
     purchase_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("purchases.id"))
     invoice_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("invoices.id"))
+    order_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("orders.id"))
     amount: Mapped[Decimal] = mapped_column(MONEY)
     currency: Mapped[str] = mapped_column(String(3))
     credits_requested: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0), server_default="0")
     credits_clawed_back: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0), server_default="0")
     credits_shortfall: Mapped[Decimal] = mapped_column(CREDITS, default=Decimal(0), server_default="0")
+    # Seed 004's RefundReason in lower case (requested_by_customer, duplicate, fraudulent, subscription_canceled,
+    # other) for refunds asked through Tollgate; whatever the provider said for the others.
     reason: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="SUCCEEDED", server_default="SUCCEEDED")
+    notes: Mapped[str | None] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
+    )
+    requested_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("users.id"))
     ledger_transaction_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    processed_at: Mapped[datetime | None]
     created_at: Mapped[CreatedAt]
+    updated_at: Mapped[UpdatedAt]
 
 
 class AsaasCheckoutClaim(Base):

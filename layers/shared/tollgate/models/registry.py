@@ -7,6 +7,18 @@ from sqlalchemy import MetaData
 
 def load_all() -> MetaData:
     from tollgate.db.base import Base
-    from tollgate.models import auth, auto_topup, credits, jobs, outbox, payments, rag, storage, users  # noqa: F401
+    from tollgate.models import (  # noqa: F401
+        auth,
+        auto_topup,
+        commerce,
+        credits,
+        features,
+        jobs,
+        outbox,
+        payments,
+        rag,
+        storage,
+        users,
+    )
 
     return Base.metadata
