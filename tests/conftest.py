@@ -28,6 +28,7 @@ if "TOLLGATE_MAIL_DIR" not in os.environ:
 os.environ.setdefault("JWT_SIGNING_KEY", os.urandom(32).hex())
 
 from tests import tiers
+from tollgate import system_config
 from tollgate.config import Settings, get_settings
 from tollgate.db import UnitOfWork, get_engine
 from tollgate.db.engine import reset_engine
@@ -153,6 +154,7 @@ def db(database_url: str) -> Iterator[Callable[[], UnitOfWork]]:
         use_database(database_url)
     yield UnitOfWork
     _truncate_all()
+    system_config.forget()  # the emptied database's settings are not the ones this process cached
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ LOCAL_FILLS_REASONS = {
     "TOLLGATE_SECRETS_ARNS": "no Secrets Manager here: the secrets' values come from the environment",
     "APP_URL": "a required parameter (the front end); unset, mailed links open the local gateway's pages",
     "TOLLGATE_CONFIGURATION": "the deploy's configuration fingerprint (the Migrations resource's answer): no deploy",
+    "SES_CONFIGURATION_SET": "the stack's SES configuration set: no SES here, mail goes to the local backend",
 }
 
 # Tests that by nature cannot run through a pooler are skipped in the production tier with their reason: those

@@ -16,6 +16,7 @@ from tollgate.observability import logger, metrics, tracer
 monthly_allowance = scheduled_handler("tollgate.jobs.allowance:MonthlyAllowance")
 grant_expiry = scheduled_handler("tollgate.jobs.ledger_jobs:GrantExpiry")
 hold_expiry = scheduled_handler("tollgate.jobs.ledger_jobs:HoldExpiry")
+order_reservation_expiry = scheduled_handler("tollgate.jobs.order_reservations:OrderReservationExpiry")
 trial_expiry = scheduled_handler("tollgate.jobs.account_jobs:TrialExpiry")
 retention = scheduled_handler("tollgate.jobs.retention:Retention")
 ledger_reconciliation = scheduled_handler("tollgate.jobs.ledger_jobs:LedgerReconciliation")

@@ -361,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tollgate_local.rag_cli import add_rag_commands  # the `rag` subcommand (knowledge base)
 
     add_rag_commands(sub)
+    from tollgate_local.mail_cli import add_parser as add_mail_parser
+
+    add_mail_parser(sub)  # tollgate mail simulate (SES delivery events, locally)
     return parser
 
 

@@ -7,38 +7,39 @@ reservations never past its limit, an order's total the sum of its parts, refund
 past the total, downloads never past the limit.
 
 Revision ID: 0019_commerce
-Revises: 0018_plan_changes
+Revises: 0018_plan_changes, 0014_storage_objects (a merge: products point at stored files)
 Create Date: 2026-12-04
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0019_commerce"
-down_revision: str | Sequence[str] | None = "0018_plan_changes"
+down_revision: str | Sequence[str] | None = ("0018_plan_changes", "0014_storage_objects")
 branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = "0014_storage_objects"
+depends_on: str | Sequence[str] | None = None
 
 MONEY = sa.Numeric(14, 3)
 NOW = sa.func.now()
 
 
-def _ts(name: str, nullable: bool = False) -> sa.Column:  # type: ignore[type-arg]
+def _ts(name: str, nullable: bool = False) -> sa.Column[Any]:
     if nullable:
         return sa.Column(name, sa.DateTime(timezone=True))
     return sa.Column(name, sa.DateTime(timezone=True), nullable=False, server_default=NOW)
 
 
-def _jsonb(name: str, literal: str) -> sa.Column:  # type: ignore[type-arg]
+def _jsonb(name: str, literal: str) -> sa.Column[Any]:
     return sa.Column(name, postgresql.JSONB(), nullable=False, server_default=sa.text(f"'{literal}'::jsonb"))
 
 
 def _products() -> None:
     op.alter_column("products", "provider_product_id", existing_type=sa.String(255), nullable=True)
-    add = [
+    add: list[sa.Column[Any]] = [
         sa.Column("short_description", sa.String(500)),
         sa.Column("slug", sa.String(160)),
         sa.Column("status", sa.String(16), nullable=False, server_default="DRAFT"),

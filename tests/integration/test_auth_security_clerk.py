@@ -53,3 +53,26 @@ def test_a_verified_admin_email_from_clerk_is_an_admin(db: Callable[[], UnitOfWo
     send_clerk(_event("user.created", "verified"), msg_id="msg_admin_3")
     # Then it is an ADMIN
     assert _role(db) == "ADMIN"
+
+
+def test_an_admin_email_demoted_by_an_admin_stays_demoted_through_clerk_updates(
+    db: Callable[[], UnitOfWork], admin_email: None
+) -> None:
+    # Given a Clerk user made ADMIN by ADMIN_EMAILS, then demoted by an admin (an audited role change)
+    send_clerk(_event("user.created", "verified"), msg_id="msg_admin_4")
+    with db() as uow:
+        user_id = uow.session.execute(text("SELECT id FROM users WHERE clerk_id IS NOT NULL")).scalar_one()
+        uow.session.execute(text("UPDATE users SET role = 'USER' WHERE id = :u"), {"u": user_id})
+        uow.session.execute(
+            text(
+                "INSERT INTO audit_logs (id, action, target_type, target_id, details, created_at)"
+                " VALUES (gen_random_uuid(), 'user.role_change', 'user', :u, '{}', now())"
+            ),
+            {"u": str(user_id)},
+        )
+        uow.commit()
+    # When Clerk sends the next user.updated with the admin address still verified
+    updated = send_clerk(_event("user.updated", "verified"), msg_id="msg_admin_5")
+    # Then the demotion holds
+    assert updated.status == 200
+    assert _role(db) == "USER"

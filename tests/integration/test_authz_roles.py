@@ -15,15 +15,19 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+import tests.commerce_catalogue_standin  # registers the stand-in's catalogue routes
+from tests.commerce_refunds_standin import completed_order
 from tests.conftest import REPO_ROOT
 from tests.credits_support import funded_user
-from tests.payments_support import Catalogue, catalogue, payments_env, send_stripe
+from tests.payments_support import Catalogue, catalogue, payments_env, send_stripe, stripe_api
 from tests.support import api_call, make_user
 from tollgate import ledger
 from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
 from tollgate.errors import Forbidden
 from tollgate.jobs.outbox_relay import OutboxRelay
+from tollgate.models.commerce import Discount, ProductCategory
+from tollgate.models.payments import Price, Product
 from tollgate.outbound_webhooks import SendResult
 from tollgate.outbox import emit
 from tollgate.rag.embeddings import get_embedding_provider
@@ -56,6 +60,7 @@ class Route:
     method: str
     path: str  # with {placeholders} filled from the world the test builds
     body: dict[str, Any] | None = None
+    query: str = ""  # what a route needs past validation, e.g. the metric of /admin/analytics
 
 
 GROUPS = [
@@ -69,6 +74,18 @@ GROUPS = [
     Group("Provider webhook replay", ADMINS, ("webhooks replay",)),
     Group("Knowledge base", ADMINS, ("rag ingest", "rag reembed")),
     Group("Outbound webhooks and outbox", ADMINS),
+    Group("Reports", ADMINS),
+    Group("Audit trail and features", ADMINS),
+    Group("Support desk", STAFF),
+    Group("Goodwill credits", STAFF),
+    Group("System config", ADMINS),
+    Group("Read users", STAFF),
+    Group("Manage users and GDPR", ADMINS),
+    Group("Order refunds", ADMINS),
+    Group("All orders", STAFF),
+    Group("Discounts", ADMINS),
+    Group("Products and categories", ADMINS),
+    Group("Public catalogue", EVERYONE),
 ]
 
 ENDPOINT = "/admin/webhook-endpoints/{endpoint_id}"
@@ -125,6 +142,59 @@ ROUTES = [
     Route("Outbound webhooks and outbox", "POST", ENDPOINT + "/deliveries/{delivery_id}/replay"),
     Route("Outbound webhooks and outbox", "GET", "/admin/outbox/deliveries"),
     Route("Outbound webhooks and outbox", "DELETE", ENDPOINT),
+    Route("Reports", "GET", "/admin/analytics", query="metric=mrr"),
+    Route("Reports", "GET", "/admin/email-logs"),
+    Route("Reports", "GET", "/admin/subscription-events"),
+    Route("Reports", "GET", "/admin/refunds"),
+    Route("Reports", "GET", "/admin/reports/low-balance"),
+    Route("Audit trail and features", "GET", "/admin/audit-logs"),
+    Route("Audit trail and features", "POST", "/admin/features", {"workspace_id": "roles", "name": "Roles"}),
+    Route("Audit trail and features", "PATCH", "/admin/features/{feature_id}", {"tags": ["roles"]}),
+    Route("Audit trail and features", "DELETE", "/admin/features/{feature_id}"),
+    Route("Support desk", "GET", "/admin/support/tickets"),
+    Route("Support desk", "GET", "/admin/support/tickets/{ticket_id}"),
+    Route("Support desk", "PATCH", "/admin/support/tickets/{ticket_id}", {"priority": "HIGH"}),
+    Route("Support desk", "POST", "/admin/support/tickets/{ticket_id}/messages", {"content": "On it"}),
+    Route("Goodwill credits", "POST", "/support/users/{user_id}/goodwill", {"amount": "1", "reason": "outage"}),
+    Route("System config", "GET", "/admin/system-config"),
+    Route("System config", "PUT", "/admin/system-config/{key}", {"value": "50", "type": "number"}),
+    Route("Read users", "GET", "/admin/users"),
+    Route("Read users", "GET", "/admin/users/{user_id}"),
+    Route("Order refunds", "POST", "/admin/orders/{order_id}/refunds", {"amount": "1", "reason": "other"}),
+    Route("All orders", "GET", "/admin/orders"),
+    Route("Discounts", "GET", "/admin/discounts"),
+    Route(
+        "Discounts",
+        "POST",
+        "/admin/discounts",
+        {"code": "ROLES10", "name": "Roles", "type": "percentage", "value": "10"},
+    ),
+    Route("Discounts", "PATCH", "/admin/discounts/{discount_id}", {"active": False}),
+    Route("Public catalogue", "GET", "/products"),
+    Route("Public catalogue", "GET", "/product-categories"),
+    Route(
+        "Products and categories",
+        "POST",
+        "/admin/products",
+        {"name": "Roles new", "slug": "roles-new", "type": "SERVICE", "base_price": "1"},
+    ),
+    Route("Products and categories", "PATCH", "/admin/products/{product_id}", {"featured": True}),
+    Route("Products and categories", "POST", "/admin/products/{product_id}/publish"),  # the Stripe stand-in
+    Route("Public catalogue", "GET", "/products/{slug}"),  # published just above
+    Route(
+        "Products and categories",
+        "POST",
+        "/admin/products/{product_id}/prices",
+        {"unit_amount": "2", "type": "one_time"},
+    ),
+    Route("Products and categories", "PATCH", "/admin/prices/{price_id}", {"nickname": "Roles"}),
+    Route("Products and categories", "POST", "/admin/products/{product_id}/archive"),
+    Route("Products and categories", "POST", "/admin/product-categories", {"name": "Roles", "slug": "roles-cat"}),
+    Route("Products and categories", "PATCH", "/admin/product-categories/{category_id}", {"sort_order": 1}),
+    # Keep these last: the erase anonymises the world's customer for good.
+    Route("Manage users and GDPR", "PATCH", "/admin/users/{user_id}", {"role": "SUPPORT"}),
+    Route("Manage users and GDPR", "POST", "/admin/users/{user_id}/export"),
+    Route("Manage users and GDPR", "POST", "/admin/users/{user_id}/erase"),
 ]
 ALLOWED = {g.name: g.allowed for g in GROUPS}
 
@@ -175,6 +245,10 @@ def _world(db: Callable[[], UnitOfWork], catalogue: Catalogue) -> dict[str, str]
         "POST", "/admin/webhook-endpoints", body={"url": "http://localhost:9/h", "events": ["*"]}, as_user=staff
     )
     assert created.status == 201, created.json
+    feature = api_call("POST", "/admin/features", body={"workspace_id": "roles", "name": "World"}, as_user=staff)
+    assert feature.status == 201, feature.json
+    ticket = api_call("POST", "/support/tickets", body={"subject": "Roles", "description": "?"}, as_user=customer)
+    assert ticket.status == 201, ticket.json
     with db() as uow:
         emit(uow.session, "credits.granted", user_id=None, data={})
         uow.commit()
@@ -189,13 +263,31 @@ def _world(db: Callable[[], UnitOfWork], catalogue: Catalogue) -> dict[str, str]
     return {
         "user_id": str(customer), "transaction_id": str(charge.transaction_id), "plan_id": str(catalogue.pro_id),
         "pack_id": str(catalogue.pack_id), "event_id": event["id"], "chunk_id": str(chunk_id),
-        "endpoint_id": created.json["id"], "delivery_id": str(delivery_id),
+        "endpoint_id": created.json["id"], "delivery_id": str(delivery_id), "feature_id": feature.json["id"],
+        "ticket_id": ticket.json["id"], "key": "support_goodwill_cap",
     }  # fmt: skip
 
 
-def test_every_privileged_route_answers_each_role_as_the_table_says(db, payments_env, catalogue):
+def test_every_privileged_route_answers_each_role_as_the_table_says(db, payments_env, catalogue, stripe_api):
     # Given a world where every route has something to act on, and a signed-in user of each role
     world = _world(db, catalogue)
+    world["order_id"] = str(completed_order(db, uuid.UUID(world["user_id"]), stripe=stripe_api).order_id)
+    with db() as uow:  # a discount for PATCH /admin/discounts/{discount_id}
+        discount = Discount(code="ROLESPATCH", name="Roles", type="PERCENTAGE", value=Decimal(5))
+        uow.session.add(discount)
+        uow.commit()
+        world["discount_id"] = str(discount.id)
+    with db() as uow:  # a draft product with a price, and a category, for the catalogue's admin routes
+        product = Product(name="Roles", slug="roles-product", type="ONE_TIME", base_price=Decimal(1))
+        category = ProductCategory(name="Roles", slug="roles-category")
+        uow.session.add_all([product, category])
+        uow.session.flush()
+        price = Price(product_id=product.id, unit_amount=Decimal(1), currency="usd", type="one_time")
+        uow.session.add(price)
+        uow.commit()
+        world.update(
+            product_id=str(product.id), price_id=str(price.id), category_id=str(category.id), slug="roles-product"
+        )
     with db() as uow:
         callers = {role: make_user(uow.session, role=role).id for role in ROLES}
         uow.commit()
@@ -205,8 +297,9 @@ def test_every_privileged_route_answers_each_role_as_the_table_says(db, payments
         for role in ROLES:  # USER and SUPPORT first: a refused call changes nothing the ADMIN call needs
             # When the role calls the route through the gateway
             response = api_call(
-                route.method, _fill(route.path, world), body=_fill(route.body, world), as_user=callers[role], role=role
-            )
+                route.method, _fill(route.path, world), body=_fill(route.body, world), query=route.query,
+                as_user=callers[role], role=role,
+            )  # fmt: skip
             answered[(route.method, route.path, role)] = response.status
             expected[(route.method, route.path, role)] = "2xx" if role in ALLOWED[route.group] else "403"
     # Then each answer is the table's: 2xx where the role is allowed, 403 forbidden elsewhere

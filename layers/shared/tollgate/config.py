@@ -157,6 +157,8 @@ class Settings(BaseSettings):
     refresh_token_ttl_days: int = Field(default=30, ge=1, le=365)
     # How long the authorizer reuses a verdict for the same token in one container (revocation delay bound).
     authorizer_cache_seconds: int = Field(default=30, ge=0, le=300)
+    # Issue 14: how long one container reuses a system_config value it read (a change elsewhere shows after it).
+    system_config_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     password_hash_memory_kib: int = Field(default=19456, ge=19456)
     password_hash_time_cost: int = Field(default=2, ge=2)
     login_max_failures_per_account: int = Field(default=5, ge=1)
@@ -180,6 +182,10 @@ class Settings(BaseSettings):
     # Anti-spam: the same type of message to the same address at most once per window.
     mail_min_interval_seconds: int = Field(default=60, ge=0)
     ses_configuration_set: str | None = None
+    # Issue 14: SES delivery notifications arrive through SNS; only this topic's messages are taken (unset: any
+    # topic, locally), and a signed message older than this is refused as stale (a replay inside it is a no-op).
+    ses_events_topic_arn: str | None = None
+    mail_event_max_age_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
     clerk_issuer: str | None = None
     clerk_authorized_parties: Annotated[frozenset[str], NoDecode] = frozenset()
     # OAuth: the front-end page the provider sends the browser back to; `{provider}` is replaced.

@@ -383,3 +383,258 @@ class MonthlyCapBelowPackPrice(Conflict):
     """The monthly cap is less than one pack costs: no top-up could ever run; `details` carry both amounts."""
 
     code = "monthly_cap_below_pack_price"
+
+
+# --- audit trail and workspace features (issue 14) --------------------------------------------------------------
+class FeatureNotFound(NotFound):
+    code = "feature_not_found"
+
+
+class FeatureNameTaken(Conflict):
+    """A workspace already has a feature of that name (names are unique inside a workspace)."""
+
+    code = "feature_name_taken"
+
+
+# --- user management and GDPR (issue 14) ------------------------------------------------------------------------
+class UserNotFound(NotFound):
+    code = "user_not_found"
+
+
+class OwnAccessChange(Conflict):
+    """An admin may not demote, suspend or erase their own account (another admin must)."""
+
+    code = "cannot_change_own_access"
+
+
+class LastAdmin(Conflict):
+    """The change would leave no active ADMIN."""
+
+    code = "last_admin"
+
+
+class UserErased(Conflict):
+    """The account was erased (GDPR): its role and status can no longer change."""
+
+    code = "user_erased"
+
+
+class SubscriptionStillBilling(Conflict):
+    """A provider may still charge the person (a subscription neither ended nor set to cancel): cancel it first,
+    or the next invoice would arrive for someone Tollgate can no longer name."""
+
+    code = "subscription_still_billing"
+
+
+# --- reports and mail events (issue 14) -------------------------------------------------------------------------
+class AnalyticsRangeTooLong(ValidationFailed):
+    """An analytics series covers at most ANALYTICS_MAX_DAYS days; `details` carry the limit."""
+
+    code = "range_too_long"
+
+
+class SnsMessageInvalid(BadRequest):
+    """An SNS message that SNS did not sign for the mail events topic (forged, altered, another topic or host)."""
+
+    code = "invalid_sns_message"
+
+
+class SnsMessageStale(BadRequest):
+    """A correctly signed SNS message older than MAIL_EVENT_MAX_AGE_SECONDS."""
+
+    code = "stale_sns_message"
+
+
+# --- catalogue and reviews (issue 13) ---------------------------------------------------------------------------
+class ProductNotFound(NotFound):
+    """No such product, or (publicly) one that is not PUBLISHED."""
+
+    code = "product_not_found"
+
+
+class PriceNotFound(NotFound):
+    code = "price_not_found"
+
+
+class CategoryNotFound(NotFound):
+    code = "category_not_found"
+
+
+class ReviewNotFound(NotFound):
+    code = "review_not_found"
+
+
+class SlugTaken(Conflict):
+    """Another product (or category) already has this slug."""
+
+    code = "slug_taken"
+
+
+class CategoryCycle(Conflict):
+    """The move would make a category its own ancestor."""
+
+    code = "category_cycle"
+
+
+class UnknownCategory(ValidationFailed):
+    """A body names a category that does not exist; `details` list the ids."""
+
+    code = "unknown_category"
+
+
+class DownloadFileNotReady(ValidationFailed):
+    """A digital download's file must be an uploaded (READY) file."""
+
+    code = "download_file_not_ready"
+
+
+class NoActivePrice(Conflict):
+    """A product is published only with at least one active price."""
+
+    code = "no_active_price"
+
+
+class ProductNotEditable(Conflict):
+    """The change is not possible in the product's status (a deleted product; a type change after publishing)."""
+
+    code = "product_not_editable"
+
+
+class AlreadyReviewed(Conflict):
+    code = "already_reviewed"
+
+
+class NotABuyer(Forbidden):
+    """Only a user with a completed order containing the product may review it."""
+
+    code = "not_a_buyer"
+
+
+class OwnReview(Forbidden):
+    """A review's author may not vote it helpful."""
+
+    code = "own_review"
+
+
+# --- order refunds and digital downloads (issue 13) -------------------------------------------------------------
+class RefundOrderNotFound(NotFound):
+    """The order to refund does not exist."""
+
+    code = "order_not_found"
+
+
+class OrderNotRefundable(Conflict):
+    """The order cannot be refunded through Tollgate (not completed, not paid through Stripe); `details` say why."""
+
+    code = "order_not_refundable"
+
+
+class RefundExceedsPayment(Conflict):
+    """Refunded + in flight + asked would pass what the order took; `details.refundable` is what is left."""
+
+    code = "refund_exceeds_payment"
+
+
+class DownloadNotFound(NotFound):
+    """No such item in an order of the caller (another user's order answers the same)."""
+
+    code = "order_item_not_found"
+
+
+class NotDownloadable(Conflict):
+    """The item is not a digital download, its order is not completed, or its product has no file; `details`."""
+
+    code = "not_downloadable"
+
+
+class DownloadLimitReached(Forbidden):
+    code = "download_limit_reached"
+
+
+class AccessExpired(Forbidden):
+    code = "access_expired"
+
+
+class DownloadRefunded(Forbidden):
+    """The order (or item) was refunded: access ended."""
+
+    code = "refunded"
+
+
+# --- support desk, goodwill credits, system config (issue 14) ---------------------------------------------------
+class TicketNotFound(NotFound):
+    """No such ticket, or (on the customer's routes) not one of the caller's."""
+
+    code = "ticket_not_found"
+
+
+class TicketClosed(Conflict):
+    """A CLOSED ticket takes no more replies (open a new one)."""
+
+    code = "ticket_closed"
+
+
+class InvalidTicketTransition(Conflict):
+    """The status cannot move that way; `details` carry the current status and the ones it may move to."""
+
+    code = "invalid_ticket_transition"
+
+
+class InvalidAssignee(ValidationFailed):
+    """A ticket is assigned only to an active SUPPORT or ADMIN user."""
+
+    code = "invalid_assignee"
+
+
+class OverGoodwillCap(Forbidden):
+    """A goodwill grant above the `support_goodwill_cap` setting; `details.cap` is the cap."""
+
+    code = "over_goodwill_cap"
+
+
+class OwnGoodwill(Forbidden):
+    """Staff may not grant goodwill credits to their own account."""
+
+    code = "own_goodwill"
+
+
+class InvalidConfigValue(ValidationFailed):
+    """A system_config value that is not of its type, or outside a known key's bounds."""
+
+    code = "invalid_config_value"
+
+
+# --- cart checkout, orders and discounts (issue 13) --------------------------------------------------------------
+class OrderNotFound(NotFound):
+    """No such order, or (on the customer's routes) not one of the caller's."""
+
+    code = "order_not_found"
+
+
+class DiscountNotFound(NotFound):
+    code = "discount_not_found"
+
+
+class DiscountCodeTaken(Conflict):
+    """Another discount already has this code (codes are compared without regard to case)."""
+
+    code = "discount_code_taken"
+
+
+class OutOfStock(Conflict):
+    """Tracked stock does not cover the quantity asked; `details` name the item and what is left."""
+
+    code = "out_of_stock"
+
+
+class DiscountInvalid(ValidationFailed):
+    """The discount code cannot apply to this cart; `details.reason` says why."""
+
+    code = "discount_invalid"
+
+
+class InvalidCart(ValidationFailed):
+    """The cart cannot be bought as one checkout (unknown or inactive price, unpublished product, mixed currencies
+    or mixed one-time and recurring prices); `details` say which."""
+
+    code = "invalid_cart"

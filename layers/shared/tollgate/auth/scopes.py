@@ -150,13 +150,16 @@ ROUTE_SCOPES: Final[dict[str, str]] = {
     "POST /admin/support/tickets/{ticket_id}/messages": "admin",
     "POST /support/users/{user_id}/goodwill": "admin",
     "GET /admin/system-config": "admin",
-    "PUT /admin/system-config/{key}": "admin",
+    # run-time settings include the goodwill caps and the bonus toggle: the person changes them, not a key
+    "PUT /admin/system-config/{key}": SESSION_ONLY,
     # admin
     "GET /admin/users": "admin",
     "GET /admin/users/{user_id}": "admin",
-    "PATCH /admin/users/{user_id}": "admin",
-    "POST /admin/users/{user_id}/export": "admin",
-    "POST /admin/users/{user_id}/erase": "admin",
+    # Access changes, a person's whole data and erasure need the admin in person: a leaked key must not
+    # promote its holder, lock the admins out, copy a customer's data or erase anyone.
+    "PATCH /admin/users/{user_id}": SESSION_ONLY,
+    "POST /admin/users/{user_id}/export": SESSION_ONLY,
+    "POST /admin/users/{user_id}/erase": SESSION_ONLY,
     # audit
     "GET /admin/audit-logs": "admin",
     "POST /admin/features": "admin",

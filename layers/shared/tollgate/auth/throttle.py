@@ -47,14 +47,15 @@ def check(session: Session, keys: list[tuple[Scope, str]], now: datetime) -> Non
         raise RateLimited("too many failed attempts; try again later", details={"retry_after_seconds": retry_after})
 
 
-def record_failure(session: Session, scope: Scope, key: str | None, now: datetime) -> None:
-    """Count one event for the key (a failure; for `mail`, a request) and block it at the threshold."""
+def record_failure(session: Session, scope: Scope, key: str | None, now: datetime) -> bool:
+    """Count one event for the key (a failure; for `mail`, a request) and block it at the threshold. True when
+    this event is the threshold's (the Nth in its window): the audit trail records such a burst once."""
     if not key:
-        return
+        return False
     settings = get_settings()
     floor = now - timedelta(seconds=settings.login_failure_window_seconds)
     blocked = now + timedelta(seconds=settings.login_lockout_seconds)
-    session.execute(
+    blocked_now = session.execute(
         text(
             """
             INSERT INTO auth_throttles AS t (scope, key, failures, window_started_at, blocked_until, updated_at)
@@ -73,10 +74,12 @@ def record_failure(session: Session, scope: Scope, key: str | None, now: datetim
                     WHEN t.failures + 1 >= :limit THEN CAST(:blocked AS timestamptz)
                     ELSE t.blocked_until END,
                 updated_at = :now
+            RETURNING t.failures = GREATEST(:limit, 1) AS blocked_now
             """
         ),
         {"scope": scope, "key": key, "now": now, "floor": floor, "blocked": blocked, "limit": _limit(scope)},
-    )
+    ).scalar()
+    return bool(blocked_now)
 
 
 def clear(session: Session, scope: Scope, key: str | None) -> None:

@@ -1,9 +1,9 @@
 """The application role: what the functions connect as, kept least-privileged by every migration run.
 
 The schema owner (the migration step) creates and grants it; the role itself may read and write rows, never
-change the schema, owns nothing, and may only add to the ledger: `credit_transactions` gets SELECT and INSERT,
-no UPDATE, DELETE or TRUNCATE at the privilege level (the table's trigger stays as the second wall). It may read
-`alembic_version` (health reports it) but not move it.
+change the schema, owns nothing, and may only add to the ledger and the audit trail: `credit_transactions` and
+`audit_logs` get SELECT and INSERT, no UPDATE, DELETE or TRUNCATE at the privilege level (each table's trigger
+stays as the second wall). It may read `alembic_version` (health reports it) but not move it.
 
 Identifiers and literals are quoted by the server (`format('%I', ...)`, `%L`), never spliced in Python.
 """
@@ -23,7 +23,7 @@ from tollgate.config import SECRET_MAX_AGE_SECONDS, Settings
 from tollgate.errors import ConfigurationError
 
 # Tables the role may read and append to, and tables it may only read.
-APPEND_ONLY_TABLES = ("credit_transactions",)
+APPEND_ONLY_TABLES = ("credit_transactions", "audit_logs")
 READ_ONLY_TABLES = ("alembic_version",)
 # RDS grants IAM database authentication through membership of this role (absent outside RDS). A member can no
 # longer log in with a password, so it is granted only when the role logs in with IAM tokens end to end.

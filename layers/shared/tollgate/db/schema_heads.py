@@ -8,12 +8,14 @@ fails when a revision is added without regenerating it.
 SCHEMA_HEADS: tuple[str, ...] = (
     "0004_rag",
     "0006_jobs",
-    "0008_auth_hardening",
-    "0014_storage_objects",
     "0015_outbox",
     "0016_auto_topup",
     "0017_asaas_checkout_claims",
-    "0018_plan_changes",
+    "0019_commerce",
+    "0020_support",
+    "0021_user_admin",
+    "0022_audit_trail",
+    "0023_reports",
 )
 # Every revision this code knows: one outside it means the schema is newer than the code.
 SCHEMA_REVISIONS: tuple[str, ...] = (
@@ -34,4 +36,9 @@ SCHEMA_REVISIONS: tuple[str, ...] = (
     "0016_auto_topup",
     "0017_asaas_checkout_claims",
     "0018_plan_changes",
+    "0019_commerce",
+    "0020_support",
+    "0021_user_admin",
+    "0022_audit_trail",
+    "0023_reports",
 )

@@ -32,7 +32,7 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from tollgate import errors
+from tollgate import errors, request_origin
 from tollgate.config import get_settings
 from tollgate.db.engine import is_unavailable
 from tollgate.http.authorizer_context import UNAVAILABLE_CONTEXT
@@ -188,7 +188,15 @@ class TollgateResolver(APIGatewayHttpResolver):
                 "body": error_body(problem.code, problem.message, problem.details),
                 "isBase64Encoded": False,
             }
-        return super().resolve(event, context)
+        # The audit trail's IP and user agent for whatever this request writes; unbound again when it ends.
+        with request_origin.bound(_origin(event)):
+            return super().resolve(event, context)
+
+
+def _origin(event: Mapping[str, Any]) -> request_origin.RequestOrigin:
+    http = (event.get("requestContext") or {}).get("http") or {}
+    headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
+    return request_origin.origin_of(http.get("sourceIp"), http.get("userAgent") or headers.get("user-agent"))
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from tollgate.db import UnitOfWork
 from tollgate.db.base import new_id
 from tollgate.jobs.periods import daily
 from tollgate.jobs.runner import Step
+from tollgate.ledger.burn_rate import NOTICE_DUE, RECENT_USAGE
 from tollgate.mail import OutgoingMail, send_mail
 
 ACCOUNTS = text(
@@ -31,18 +32,14 @@ ACCOUNTS = text(
 )
 
 LOW_BALANCE = text(
-    """
+    f"""
     SELECT a.user_id, u.email, a.balance - a.held AS spendable, used.credits AS used,
            (SELECT max(g.created_at) FROM credit_grants g WHERE g.user_id = a.user_id) AS last_grant_at
     FROM credit_accounts a
     JOIN users u ON u.id = a.user_id
-    JOIN LATERAL (
-        SELECT coalesce(-sum(t.amount), 0) AS credits FROM credit_transactions t
-        WHERE t.user_id = a.user_id AND t.type IN ('usage', 'capture') AND t.created_at >= :since
-    ) used ON true
+    {RECENT_USAGE}
     WHERE a.user_id = ANY(CAST(:ids AS uuid[])) AND u.deleted_at IS NULL AND u.status = 'ACTIVE'
-      AND used.credits > 0
-      AND a.balance - a.held <= used.credits / :burn_days * :notice_days
+      AND {NOTICE_DUE}
     """
 )
 

@@ -36,6 +36,7 @@ from typing import Any
 from sqlalchemy import RowMapping, text
 from sqlalchemy.orm import Session
 
+from tollgate import request_origin
 from tollgate.config import get_settings
 from tollgate.db.base import new_id, utcnow
 from tollgate.errors import (
@@ -453,13 +454,20 @@ def audit(
     target_type: str,
     target_id: str | None,
     details: Mapping[str, Any] | None = None,
+    old_values: Mapping[str, Any] | None = None,
+    new_values: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> None:
-    """Write one audit_logs row (admin actions)."""
+    """Write one audit_logs row (admin actions, security events) in the caller's transaction. The request's
+    source IP and user agent come from `tollgate.request_origin` (bound by the HTTP edge; none outside a request).
+    The table is append-only (migrations/sql/audit)."""
+    origin = request_origin.current()
     session.execute(
         text(
-            "INSERT INTO audit_logs (id, actor_id, action, target_type, target_id, details, created_at) "
-            "VALUES (:id, :actor_id, :action, :target_type, :target_id, CAST(:details AS jsonb), :now)"
+            "INSERT INTO audit_logs (id, actor_id, action, target_type, target_id, details, old_values, new_values, "
+            "ip_address, user_agent, created_at) "
+            "VALUES (:id, :actor_id, :action, :target_type, :target_id, CAST(:details AS jsonb), "
+            "CAST(:old_values AS jsonb), CAST(:new_values AS jsonb), :ip, :user_agent, :now)"
         ),
         {
             "id": new_id(),
@@ -468,6 +476,10 @@ def audit(
             "target_type": target_type,
             "target_id": target_id,
             "details": as_json(details),
+            "old_values": None if old_values is None else as_json(old_values),
+            "new_values": None if new_values is None else as_json(new_values),
+            "ip": origin.ip,
+            "user_agent": origin.user_agent,
             "now": now or utcnow(),
         },
     )

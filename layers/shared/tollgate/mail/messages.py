@@ -24,6 +24,7 @@ def verify_email(to: str, user_id: uuid.UUID, token: str) -> OutgoingMail:
             f"{link}\n\nThe link works once and expires in 24 hours. If you did not sign up, ignore this message.\n"
         ),
         user_id=user_id,
+        essential=True,
     )
 
 
@@ -39,6 +40,7 @@ def account_exists(to: str, user_id: uuid.UUID) -> OutgoingMail:
             "If it was not you, you can ignore this message: nothing was changed.\n"
         ),
         user_id=user_id,
+        essential=True,
     )
 
 
@@ -54,6 +56,7 @@ def password_reset(to: str, user_id: uuid.UUID, token: str) -> OutgoingMail:
             "If you did not ask for this, ignore this message: your password is unchanged.\n"
         ),
         user_id=user_id,
+        essential=True,
     )
 
 
@@ -67,6 +70,7 @@ def two_factor_code(to: str, user_id: uuid.UUID, code: str, challenge_id: uuid.U
             "for it. If you did not try to sign in, change your password.\n"
         ),
         user_id=user_id,
+        essential=True,
         metadata={"challenge_id": str(challenge_id)},
     )
 
@@ -97,6 +101,7 @@ def security_notice(to: str, user_id: uuid.UUID, event: str, lock_token: str, ho
             f"reset it:\n\n{link}\n\nThe link works once and expires in {hours} hours.\n"
         ),
         user_id=user_id,
+        essential=True,
         metadata={"event": event},
     )
 
@@ -112,4 +117,5 @@ def account_locked(to: str, user_id: uuid.UUID, reset_token: str) -> OutgoingMai
             f"Choose a new password to get back in:\n\n{link}\n\nThe link works once and expires in 1 hour.\n"
         ),
         user_id=user_id,
+        essential=True,
     )

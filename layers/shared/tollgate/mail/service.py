@@ -1,6 +1,7 @@
-"""Send a message: log it in `email_logs`, refuse repeats inside the anti-spam window, deliver, record the
-outcome. A delivery failure is recorded (status `failed`, the error) and never raised to the caller: the
-answers of register / forgot-password must not depend on whether a message could be sent."""
+"""Send a message: log it in `email_logs`, refuse repeats inside the anti-spam window and non-essential mail to
+an address that bounced for good or complained (`email_suppressions`), deliver, record the outcome. A delivery
+failure is recorded (status `failed`, the error) and never raised to the caller: the answers of register /
+forgot-password must not depend on whether a message could be sent."""
 
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ from tollgate.db import UnitOfWork
 from tollgate.db.base import new_id, utcnow
 from tollgate.mail.backends import MailBackend, get_backend
 from tollgate.models.auth import EmailLog
+from tollgate.models.mail_events import EmailSuppression
 from tollgate.observability import logger
+
+# The statuses of a message handed to the provider (or about to be): the anti-spam window counts them all, so a
+# delivery notification moving `sent` on to `delivered` (or a bounce, a complaint) never reopens the window.
+HANDED_OVER = ("pending", "sent", "delivered", "bounced", "complained")
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,9 @@ class OutgoingMail:
     text: str
     user_id: uuid.UUID | None = None
     metadata: dict[str, object] = field(default_factory=dict)
+    # Essential mail (sign-in codes, verification, password reset, security notices) is what the person asked for
+    # or must see: it still goes to an address that complained or bounced; nothing else does.
+    essential: bool = False
 
 
 def _build(mail: OutgoingMail, sender: str) -> EmailMessage:
@@ -61,25 +70,38 @@ def send_mail(uow: UnitOfWork, mail: OutgoingMail, backend: MailBackend | None =
             .where(
                 EmailLog.type == mail.type,
                 func.lower(EmailLog.recipient) == recipient.lower(),
-                EmailLog.status.in_(("sent", "pending")),
+                EmailLog.status.in_(HANDED_OVER),
                 EmailLog.created_at > now - window,
             )
         ).scalar_one()
+        blocked = None if mail.essential else session.get(EmailSuppression, recipient.lower())
+        # RFC 2606's .invalid never resolves: erased people's and Clerk placeholders' addresses live there.
+        undeliverable = recipient.lower().rstrip(".").endswith(".invalid")
         log = EmailLog(
             id=log_id,
             user_id=mail.user_id,
             recipient=recipient,
             type=mail.type,
             subject=mail.subject,
-            status="suppressed" if recent and window.total_seconds() > 0 else "pending",
+            status="suppressed" if undeliverable or blocked or (recent and window.total_seconds() > 0) else "pending",
             provider=backend.name,
+            error=(
+                "the address cannot receive mail (.invalid)"
+                if undeliverable
+                else f"the address is suppressed after a {blocked.reason}"
+                if blocked
+                else None
+            ),
             metadata_=mail.metadata or None,
             created_at=now,
         )
         session.add(log)
         if log.status == "suppressed":
             uow.commit()
-            logger.info("mail suppressed by the anti-spam window", extra={"mail_type": mail.type})
+            reason = (
+                "undeliverable address" if undeliverable else "address suppressed" if blocked else "anti-spam window"
+            )
+            logger.info("mail suppressed", extra={"mail_type": mail.type, "reason": reason})
             return log.status
         session.flush()
         try:

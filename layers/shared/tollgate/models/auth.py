@@ -212,7 +212,9 @@ class EmailLog(Base):
 
     __tablename__ = "email_logs"
     __table_args__ = (
-        CheckConstraint("status IN ('pending', 'sent', 'failed', 'suppressed')", name="status"),
+        CheckConstraint(
+            "status IN ('pending', 'sent', 'failed', 'suppressed', 'delivered', 'bounced', 'complained')", name="status"
+        ),  # delivered, bounced, complained: from the provider's notifications (0023_reports)
         Index("ix_email_logs_type_recipient_created", "type", "recipient", "created_at"),
     )
 

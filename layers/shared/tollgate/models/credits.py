@@ -108,6 +108,9 @@ class AuditLog(Base):
     __table_args__ = (
         Index("ix_audit_logs_target", "target_type", "target_id", "created_at"),
         Index("ix_audit_logs_actor_id", "actor_id", "created_at"),
+        # The audit trail's reads: newest first, by action, or all (0022_audit_trail).
+        Index("ix_audit_logs_action", "action", "created_at"),
+        Index("ix_audit_logs_created_at", "created_at", "id"),
     )
 
     id: Mapped[UUIDPk]
@@ -116,6 +119,11 @@ class AuditLog(Base):
     target_type: Mapped[str] = mapped_column(String(64))
     target_id: Mapped[str | None] = mapped_column(String(255))
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    # 0022_audit_trail: what the change replaced and wrote, and where the request came from (seed 004).
+    old_values: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    new_values: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    ip_address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
     created_at: Mapped[CreatedAt]
 
 

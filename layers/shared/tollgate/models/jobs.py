@@ -57,6 +57,14 @@ class LedgerMismatch(Base):
     created_at: Mapped[CreatedAt]
 
 
+# The metrics AnalyticsRollup writes (tollgate/jobs/analytics.py: its queries define each; a test holds the two
+# lists equal), named here so the reports read them without importing the job.
+ANALYTICS_METRICS = (
+    "mrr", "active_subscriptions", "new_users", "new_customers", "churned_subscriptions", "churn_rate", "revenue",
+    "credits_granted", "credits_used", "credits_expired",
+)  # fmt: skip
+
+
 class AnalyticsMetric(Base):
     """One business metric for one UTC day (seed 004's analytics), per dimension (e.g. a currency)."""
 

@@ -14,10 +14,12 @@ def load_all() -> MetaData:
         credits,
         features,
         jobs,
+        mail_events,
         outbox,
         payments,
         rag,
         storage,
+        support,
         users,
     )
 

@@ -21,6 +21,7 @@ class UserStatus(enum.StrEnum):
     ACTIVE = "ACTIVE"
     SUSPENDED = "SUSPENDED"
     LOCKED = "LOCKED"  # e.g. a trial that ended without a paid plan
+    DELETED = "DELETED"  # erased (GDPR, services/gdpr.py): never signs in again; added by 0021_user_admin
 
 
 class User(Base):
@@ -29,7 +30,8 @@ class User(Base):
         # Emails are unique whatever their case; kept as typed for display.
         Index("uq_users_email_lower", func.lower(text("email")), unique=True),
         CheckConstraint("role IN ('USER', 'SUPPORT', 'ADMIN')", name="role"),
-        CheckConstraint("status IN ('ACTIVE', 'SUSPENDED', 'LOCKED')", name="status"),
+        CheckConstraint("status IN ('ACTIVE', 'SUSPENDED', 'LOCKED', 'DELETED')", name="status"),
+        Index("ix_users_created_at_id", "created_at", "id"),  # the admin user list, newest first
         CheckConstraint("downgrade_count >= 0", name="downgrade_count"),
         CheckConstraint("two_factor_method IN ('email', 'totp')", name="two_factor_method"),
     )

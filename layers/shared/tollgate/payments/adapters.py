@@ -94,6 +94,36 @@ class StripeGateway(Protocol):
 
     def payment_intent_status(self, payment_intent_id: str) -> OffSessionResult: ...
 
+    def create_refund(self, request: RefundRequest) -> RefundAnswer: ...
+
+    def list_charge_refunds(self, charge_id: str) -> list[dict[str, Any]]: ...
+
+    # Catalogue (issue 13): Stripe products and prices, answered as Stripe's objects (plain dicts).
+    def create_product(
+        self, *, name: str, description: str | None, images: list[str], metadata: dict[str, str], idempotency_key: str
+    ) -> dict[str, Any]: ...
+
+    def update_product(self, product_id: str, fields: dict[str, Any]) -> dict[str, Any]: ...
+
+    def create_price(
+        self,
+        *,
+        product_id: str,
+        unit_amount_minor: int,
+        currency: str,
+        interval: str | None,
+        interval_count: int | None,
+        nickname: str | None,
+        active: bool,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> dict[str, Any]: ...
+
+    def update_price(self, price_id: str, fields: dict[str, Any]) -> dict[str, Any]: ...
+
+    # Cart checkout (issue 13): a Checkout Session for an order.
+    def create_order_checkout(self, request: OrderCheckoutRequest) -> CheckoutSession: ...
+
 
 class LemonSqueezyGateway(Protocol):
     def create_checkout(self, request: CheckoutRequest) -> CheckoutSession: ...
@@ -252,6 +282,147 @@ class StripeAdapter:
         data = body.get("data") or []
         return Page(items=[item for item in data if isinstance(item, dict)], has_more=bool(body.get("has_more")))
 
+    def create_refund(self, request: RefundRequest) -> RefundAnswer:
+        """`POST /v1/refunds` for a payment intent (or a charge). Stripe's 4xx answers (other than 409, a request
+        still in flight, and 429) created nothing: they come back as a refusal. Anything else raises
+        PaymentProviderError: the refund may exist, so the caller keeps its reservation and retries with the
+        same idempotency key."""
+        params: dict[str, Any] = {"amount": request.amount_minor, "metadata": request.metadata}
+        if request.payment_intent_id:
+            params["payment_intent"] = request.payment_intent_id
+        else:
+            params["charge"] = request.charge_id
+        if request.reason:
+            params["reason"] = request.reason
+        options: dict[str, Any] = {"idempotency_key": request.idempotency_key}
+        create: Any = self._client.v1.refunds.create
+        try:
+            refund = create(params=params, options=options).to_dict()
+        except self._stripe.StripeError as exc:
+            status = getattr(exc, "http_status", None)
+            idempotent = isinstance(exc, self._stripe.IdempotencyError)
+            if isinstance(status, int) and 400 <= status < 500 and status not in (409, 429) and not idempotent:
+                return RefundAnswer(
+                    refund_id=None, status="failed", refused_code=str(exc.code or "refused"), message=exc.user_message
+                )
+            raise PaymentProviderError(
+                "Stripe did not answer the refund",
+                details={"provider": "stripe", "status": status, "error": exc.user_message},
+            ) from exc
+        return RefundAnswer(refund_id=str(refund["id"]), status=str(refund.get("status") or "pending"), raw=refund)
+
+    def list_charge_refunds(self, charge_id: str) -> list[dict[str, Any]]:
+        """`GET /v1/refunds?charge=...`: a charge's refunds (the current API no longer embeds them in
+        `charge.refunded`), newest first, up to 100."""
+        listed = self._call(
+            "list the charge's refunds", self._client.v1.refunds.list, params={"charge": charge_id, "limit": 100}
+        )
+        data = listed.to_dict().get("data") or []
+        return [item for item in data if isinstance(item, dict)]
+
+    # --- catalogue (issue 13) ---------------------------------------------------------------------------------
+    def create_product(
+        self, *, name: str, description: str | None, images: list[str], metadata: dict[str, str], idempotency_key: str
+    ) -> dict[str, Any]:
+        """`POST /v1/products`; the key (from Tollgate's product id) makes a repeat answer the same product."""
+        params: dict[str, Any] = {"name": name, "metadata": metadata}
+        if description:
+            params["description"] = description
+        if images:
+            params["images"] = images[:8]  # Stripe keeps at most eight
+        created = self._call(
+            "create the product",
+            self._client.v1.products.create,
+            params=params,
+            options={"idempotency_key": idempotency_key},
+        )
+        return dict(created.to_dict())
+
+    def update_product(self, product_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """`POST /v1/products/:id` with `fields` (name, description, active, metadata): setting is idempotent."""
+        updated = self._call("update the product", self._client.v1.products.update, product_id, params=fields)
+        return dict(updated.to_dict())
+
+    def create_price(
+        self,
+        *,
+        product_id: str,
+        unit_amount_minor: int,
+        currency: str,
+        interval: str | None,
+        interval_count: int | None,
+        nickname: str | None,
+        active: bool,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        """`POST /v1/prices` (one-time, or recurring with `interval`); Stripe prices are immutable in amount."""
+        params: dict[str, Any] = {
+            "product": product_id,
+            "unit_amount": unit_amount_minor,
+            "currency": currency,
+            "active": active,
+            "metadata": metadata,
+        }
+        if interval:
+            params["recurring"] = {"interval": interval, "interval_count": interval_count or 1}
+        if nickname:
+            params["nickname"] = nickname
+        created = self._call(
+            "create the price",
+            self._client.v1.prices.create,
+            params=params,
+            options={"idempotency_key": idempotency_key},
+        )
+        return dict(created.to_dict())
+
+    def update_price(self, price_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """`POST /v1/prices/:id` with what Stripe lets change in place (active, nickname, metadata)."""
+        updated = self._call("update the price", self._client.v1.prices.update, price_id, params=fields)
+        return dict(updated.to_dict())
+
+    def create_order_checkout(self, request: OrderCheckoutRequest) -> CheckoutSession:
+        """`POST /v1/checkout/sessions` for a cart order: one line per order item at Tollgate's amounts (discount
+        and tax included), the order in `metadata` (also on the payment intent / subscription), expiring at
+        `expires_at`; the idempotency key is derived from the order id, so a retry never opens a second session."""
+        metadata = {"tollgate_order_id": request.order_id, "user_id": request.user_id, "kind": "order"}
+        lines: list[dict[str, Any]] = []
+        for line in request.lines:
+            price_data: dict[str, Any] = {
+                "currency": request.currency,
+                "unit_amount": line.unit_amount_minor,
+                "product_data": {"name": line.name},
+            }
+            if line.interval:
+                price_data["recurring"] = {"interval": line.interval, "interval_count": line.interval_count or 1}
+            lines.append({"quantity": line.quantity, "price_data": price_data})
+        params: dict[str, Any] = {
+            "mode": request.mode,
+            "line_items": lines,
+            "success_url": request.success_url,
+            "cancel_url": request.cancel_url,
+            "client_reference_id": request.user_id,
+            "metadata": metadata,
+            "expires_at": request.expires_at,
+        }
+        if request.mode == "subscription":
+            params["subscription_data"] = {"metadata": metadata}
+        else:
+            params["payment_intent_data"] = {"metadata": metadata}
+        if request.customer_id:
+            params["customer"] = request.customer_id
+        else:
+            params["customer_email"] = request.email
+            if request.mode == "payment":
+                params["customer_creation"] = "always"
+        session = self._call(
+            "create a checkout session",
+            self._client.v1.checkout.sessions.create,
+            params=params,
+            options={"idempotency_key": f"order-checkout:{request.order_id}"},
+        )
+        return CheckoutSession(id=str(session["id"]), url=str(session["url"]))
+
 
 class LemonSqueezyAdapter:
     def __init__(self, settings: Settings) -> None:
@@ -403,3 +574,57 @@ def stripe_events_source() -> StripeAdapter:
 def lemonsqueezy_source() -> LemonSqueezyAdapter:
     """The Lemon Squeezy adapter for reconciliation's list calls (ProviderNotConfigured without key/store)."""
     return LemonSqueezyAdapter(get_settings())
+
+
+@dataclass(frozen=True, slots=True)
+class RefundRequest:
+    """A refund of an order's payment: `amount_minor` of its payment intent (or charge), with Stripe's reason
+    where Stripe has one, the Tollgate refund id in `metadata`, and an idempotency key derived from it."""
+
+    payment_intent_id: str | None
+    charge_id: str | None
+    amount_minor: int
+    reason: str | None
+    metadata: dict[str, str]
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundAnswer:
+    """Stripe's refund (`refund_id`, its status: pending, succeeded, failed, canceled, requires_action), or its
+    refusal (`refused_code`; nothing was created)."""
+
+    refund_id: str | None
+    status: str
+    refused_code: str | None = None
+    message: str | None = None
+    raw: dict[str, Any] | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.refused_code is not None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCheckoutLine:
+    """One Checkout line of an order item: `quantity` x `unit_amount_minor` is the item's total to pay."""
+
+    name: str
+    quantity: int
+    unit_amount_minor: int
+    interval: str | None = None  # recurring (subscription mode): month, year, ...
+    interval_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCheckoutRequest:
+    order_id: str
+    user_id: str
+    email: str
+    mode: str  # payment | subscription
+    currency: str
+    lines: tuple[OrderCheckoutLine, ...]
+    success_url: str
+    cancel_url: str
+    expires_at: int  # unix seconds
+    customer_id: str | None = None

@@ -85,9 +85,14 @@ def audit(
     target_type: str,
     target_id: str | None,
     details: Mapping[str, Any] | None = None,
+    old_values: Mapping[str, Any] | None = None,
+    new_values: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> None:
-    """One audit_logs row naming `actor`: its user id, or (the operator) `details.operator`."""
+    """One audit_logs row naming `actor`: its user id, or (the operator) `details.operator`; `old_values` and
+    `new_values` (their own columns) are what the change replaced and what it wrote. Written in `session`'s
+    transaction, so it commits or rolls back with the change; the request's IP and user agent are added by the
+    writer."""
     from tollgate import ledger  # here, not at import: every handler imports this module through the resolver
 
     named = dict(details or {})
@@ -95,5 +100,21 @@ def audit(
         named["operator"] = actor.operator_name
     ledger.audit(
         session, actor_id=actor.user_id, action=action, target_type=target_type, target_id=target_id,
-        details=named, now=now,
+        details=named, old_values=old_values, new_values=new_values, now=now,
     )  # fmt: skip
+
+
+def role_set_by_admin(session: Session, user_id: uuid.UUID) -> bool:
+    """Whether an admin has set this account's role by hand (an audited `user.role_change`): ADMIN_EMAILS then
+    no longer promotes it, at sign-in or from Clerk, so an explicit demotion outlives the list."""
+    from sqlalchemy import select
+
+    from tollgate.models.credits import AuditLog
+
+    found = session.execute(
+        select(AuditLog.id)
+        .where(AuditLog.target_type == "user", AuditLog.target_id == str(user_id))
+        .where(AuditLog.action == "user.role_change")
+        .limit(1)
+    ).first()
+    return found is not None

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import select, text
 
-from tollgate import ledger
+from tollgate import ledger, system_config
 from tollgate.db import UnitOfWork
 from tollgate.db.base import utcnow
 from tollgate.errors import BonusAutoUseLocked, ValidationFailed
@@ -253,9 +253,8 @@ def costs_for(uow: UnitOfWork, user_id: uuid.UUID) -> dict[str, Decimal]:
 
 def update_settings(uow: UnitOfWork, user_id: uuid.UUID, *, bonus_auto_use: bool) -> BalanceView:
     with uow:
-        allowed = uow.session.execute(
-            text("SELECT allow_bonus_auto_use_toggle FROM admin_settings WHERE id = 1")
-        ).scalar_one_or_none()
+        # Read now, not from the cache: the refusal must agree with what the ledger's SQL applies.
+        allowed = system_config.get_bool(uow.session, system_config.ALLOW_BONUS_AUTO_USE_TOGGLE, max_age=0)
         if not allowed:  # no settings row: the default, users do not choose
             raise BonusAutoUseLocked(
                 "purchased credits are always used automatically on this deployment",

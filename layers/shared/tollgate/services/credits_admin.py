@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from tollgate import ledger
+from tollgate import ledger, system_config
 from tollgate.db import UnitOfWork
 from tollgate.db.base import utcnow
 from tollgate.errors import Conflict, NotFound, ValidationFailed
@@ -258,8 +258,11 @@ def set_bonus_auto_use_policy(uow: UnitOfWork, actor: Actor, *, allow_toggle: bo
         ledger.audit(
             uow.session, actor_id=actor.user_id, action="credits.bonus_auto_use_policy",
             target_type="admin_settings", target_id="default", details={"before": before, "after": allow_toggle},
+            old_values={"allow_bonus_auto_use_toggle": before},
+            new_values={"allow_bonus_auto_use_toggle": allow_toggle},
         )  # fmt: skip
         uow.commit()
+    system_config.forget(system_config.ALLOW_BONUS_AUTO_USE_TOGGLE)  # one stored value (tollgate/system_config.py)
     return allow_toggle
 
 

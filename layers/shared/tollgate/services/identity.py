@@ -40,7 +40,7 @@ from typing import TypeVar
 import pyotp
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from tollgate.auth import passwords, sealing, throttle
 from tollgate.auth import scopes as key_scopes
@@ -70,6 +70,7 @@ from tollgate.errors import (
 )
 from tollgate.mail import OutgoingMail, send_mail
 from tollgate.mail import messages as mails
+from tollgate.mail.service import HANDED_OVER
 from tollgate.models import User, UserRole, UserStatus
 from tollgate.models.auth import (
     ApiKey,
@@ -83,7 +84,8 @@ from tollgate.models.auth import (
     VerificationToken,
 )
 from tollgate.pagination import Page, keyset_page
-from tollgate.services.authz import ADMIN, SUPPORT, Actor, has_role
+from tollgate.services import audit_trail
+from tollgate.services.authz import ADMIN, SUPPORT, Actor, has_role, role_set_by_admin
 
 VERIFICATION_TTL = timedelta(hours=24)
 RESET_TTL = timedelta(hours=1)
@@ -337,8 +339,14 @@ def _security_notice(session: Session, user: User, event: str, now: datetime) ->
 
 
 def promote_admin(user: User) -> None:
-    if normalise_email(user.email) in get_settings().admin_emails and user.role != UserRole.ADMIN:
-        user.role = UserRole.ADMIN
+    """ADMIN_EMAILS makes an admin at sign-in, unless an admin has set this account's role by hand (an audited
+    `user.role_change`): an explicit demotion outlives the list."""
+    if normalise_email(user.email) not in get_settings().admin_emails or user.role == UserRole.ADMIN:
+        return
+    session = object_session(user)
+    if session is not None and role_set_by_admin(session, user.id):
+        return
+    user.role = UserRole.ADMIN
 
 
 @contextmanager
@@ -455,9 +463,19 @@ def _live_link_token(session: Session, model: type[LinkToken], token: str, now: 
 
 
 def _count_failed_attempt(session: Session, account_key: str | None, ip: str | None, now: datetime) -> None:
-    """One failed credential attempt, counted against the account and the caller's address (the login throttle)."""
-    throttle.record_failure(session, "account", account_key, now)
-    throttle.record_failure(session, "ip", ip, now)
+    """One failed credential attempt, counted against the account and the caller's address (the login throttle).
+    The attempt that reaches a threshold is a burst the audit trail records (its actor unknown)."""
+    if throttle.record_failure(session, "account", account_key, now):
+        user = user_by_email(session, account_key) if account_key else None
+        audit_trail.security_event(
+            session, None, audit_trail.SIGN_IN_FAILURES, resource="user",
+            resource_id=str(user.id) if user is not None else None, details={"scope": "account"}, now=now,
+        )  # fmt: skip
+    if throttle.record_failure(session, "ip", ip, now):
+        audit_trail.security_event(
+            session, None, audit_trail.SIGN_IN_FAILURES, resource="ip", resource_id=ip, details={"scope": "ip"},
+            now=now,
+        )  # fmt: skip
 
 
 def _password_matches(session: Session, user: User, password: str, ip: str | None, now: datetime) -> tuple[bool, str]:
@@ -590,6 +608,9 @@ def _sign_in(
     session: Session, user: User, password: str, client: ClientInfo, now: datetime
 ) -> tuple[TokenPair | TwoFactorChallenge, OutgoingMail | None]:
     """The verified account proved its password: a session, or the second-factor challenge (and its mail)."""
+    # Read again under a share lock: a suspension or erasure that committed (or is committing) while the password
+    # was checked refuses this sign-in; one that starts later waits for this session, then revokes it.
+    session.refresh(user, with_for_update={"key_share": True})
     ensure_active(user)
     if user.password_hash and passwords.needs_rehash(user.password_hash):
         user.password_hash = passwords.hash_password(password)
@@ -598,7 +619,12 @@ def _sign_in(
         throttle.clear(session, "account", normalise_email(user.email))
         user.last_login_at = now
         user.password_login_at = now
-        return start_session(session, user, client, now, authenticated_at=now), None
+        pair = start_session(session, user, client, now, authenticated_at=now)
+        audit_trail.security_event(
+            session, user.id, audit_trail.SIGN_IN, details={"method": "password", "session_id": str(pair.session_id)},
+            now=now,
+        )  # fmt: skip
+        return pair, None
     challenge, code = _open_challenge(session, user, client, now)
     outgoing = mails.two_factor_code(user.email, user.id, code, challenge.id) if code is not None else None
     return TwoFactorChallenge(challenge_id=challenge.id, method=challenge.method), outgoing
@@ -695,7 +721,7 @@ def _code_was_sent(session: Session, challenge_id: uuid.UUID) -> bool:
         select(EmailLog.id)
         .where(
             EmailLog.type == "two_factor_code",
-            EmailLog.status.in_(("sent", "pending")),
+            EmailLog.status.in_(HANDED_OVER),  # a delivered (or bounced) code went out too
             EmailLog.metadata_["challenge_id"].astext == str(challenge_id),
         )
         .limit(1)
@@ -738,6 +764,14 @@ def login_two_factor(uow: UnitOfWork, challenge_id: uuid.UUID, code: str, client
         user.last_login_at = now
         user.password_login_at = now
         pair = start_session(session, user, client, now, authenticated_at=now)
+        audit_trail.security_event(
+            session, user.id, audit_trail.SIGN_IN,
+            details={
+                "method": "password", "second_factor": "recovery_code" if matched == "recovery" else challenge.method,
+                "session_id": str(pair.session_id),
+            },
+            now=now,
+        )  # fmt: skip
         outgoing = _security_notice(session, user, "recovery_code_used", now) if matched == "recovery" else None
         uow.commit()
     if outgoing is not None:
@@ -847,9 +881,14 @@ def refresh(uow: UnitOfWork, refresh_token: str, client: ClientInfo) -> TokenPai
     now = utcnow()
     with uow:
         session = uow.session
-        row = session.execute(
-            select(AuthSession).where(AuthSession.refresh_token_hash == hash_secret(refresh_token)).with_for_update()
-        ).scalar_one_or_none()
+        query = select(AuthSession).where(AuthSession.refresh_token_hash == hash_secret(refresh_token))
+        found = session.execute(query).scalar_one_or_none()
+        if found is not None:
+            # The account (share lock), then the session row: the order of everything that revokes sessions
+            # (suspension, erasure, password reset), so a refresh and a revocation wait for each other, never
+            # deadlock, and a pair issued first is revoked by the revocation that follows.
+            session.execute(select(User.id).where(User.id == found.user_id).with_for_update(key_share=True))
+        row = session.execute(query.with_for_update().execution_options(populate_existing=True)).scalar_one_or_none()
         if row is None or row.revoked_at is not None or row.expires_at <= now:
             raise InvalidRefreshToken("the refresh token is invalid or expired; sign in again")
         if row.rotated_at is not None:
@@ -858,6 +897,11 @@ def refresh(uow: UnitOfWork, refresh_token: str, client: ClientInfo) -> TokenPai
                 .where(AuthSession.family_id == row.family_id, AuthSession.revoked_at.is_(None))
                 .values(revoked_at=now, revoked_reason="reuse_detected")
             )
+            # Nobody chose this revocation: the actor is unknown (the owner or the thief replayed the token).
+            audit_trail.security_event(
+                session, None, audit_trail.SESSION_REVOKED, resource="session", resource_id=str(row.family_id),
+                details={"reason": "reuse_detected", "user_id": str(row.user_id)}, now=now,
+            )  # fmt: skip
             uow.commit()
             raise RefreshTokenReused("this refresh token was already used; the session is revoked")
         user = _user(session, row.user_id)
@@ -977,6 +1021,10 @@ def _forgot_password(uow: UnitOfWork, email: str) -> None:
         if user is not None and not user.is_deleted and user.status in (UserStatus.ACTIVE, UserStatus.LOCKED):
             token = new_token(32)
             session.add(PasswordResetToken(user_id=user.id, token_hash=hash_secret(token), expires_at=now + RESET_TTL))
+            # Anyone may ask for a reset: the actor is unknown, the account is the resource.
+            audit_trail.security_event(
+                session, None, audit_trail.PASSWORD_RESET_REQUESTED, resource_id=str(user.id), now=now
+            )
             outgoing = mails.password_reset(user.email, user.id, token)
         uow.commit()
     if outgoing is not None:
@@ -1011,10 +1059,14 @@ def reset_password(uow: UnitOfWork, token: str, new_password: str) -> None:
             .where(PasswordResetToken.user_id == user.id, PasswordResetToken.used_at.is_(None))
             .values(used_at=now)
         )
-        _revoke_families(session, user.id, "password_reset")
-        _revoke_api_keys(session, user.id, now)
+        sessions = _revoke_families(session, user.id, "password_reset")
+        keys = _revoke_api_keys(session, user.id, now)
         _end_sign_ins_in_progress(session, user.id, now)
         throttle.clear(session, "account", normalise_email(user.email))
+        audit_trail.security_event(
+            session, user.id, audit_trail.PASSWORD_RESET_COMPLETED,
+            details={"sessions_revoked": sessions, "api_keys_revoked": keys}, now=now,
+        )  # fmt: skip
         outgoing = _security_notice(session, user, "password_reset", now)
         uow.commit()
     send_mail(uow, outgoing)
@@ -1050,9 +1102,13 @@ def change_password(
                 keep = uuid.UUID(caller.session_id)
             except ValueError:
                 keep = None
-        _revoke_families(session, user.id, "password_changed", except_family=keep)
-        _revoke_api_keys(session, user.id, now)
+        sessions = _revoke_families(session, user.id, "password_changed", except_family=keep)
+        keys = _revoke_api_keys(session, user.id, now)
         _end_sign_ins_in_progress(session, user.id, now)
+        audit_trail.security_event(
+            session, user.id, audit_trail.PASSWORD_CHANGED,
+            details={"sessions_revoked": sessions, "api_keys_revoked": keys}, now=now,
+        )  # fmt: skip
         outgoing = _security_notice(session, user, "password_changed", now)
         uow.commit()
     send_mail(uow, outgoing)
@@ -1077,9 +1133,13 @@ def lock_account(uow: UnitOfWork, token: str) -> None:
             _drop_second_factor(session, user)
         user.totp_pending_secret = None
         user.password_hash = None
-        _revoke_families(session, user.id, "account_locked")
-        _revoke_api_keys(session, user.id, now)
+        sessions = _revoke_families(session, user.id, "account_locked")
+        keys = _revoke_api_keys(session, user.id, now)
         _end_sign_ins_in_progress(session, user.id, now)
+        audit_trail.security_event(
+            session, user.id, audit_trail.ACCOUNT_LOCKED,
+            details={"sessions_revoked": sessions, "api_keys_revoked": keys}, now=now,
+        )  # fmt: skip
         outgoing = None
         if not user.is_deleted and user.status in (UserStatus.ACTIVE, UserStatus.LOCKED):
             reset = new_token(32)
@@ -1137,6 +1197,10 @@ def enable_email_two_factor(uow: UnitOfWork, caller: Caller) -> None:
         user.two_factor_enabled = True
         user.two_factor_method = "email"
         user.two_factor_enrolled_at = now
+        audit_trail.security_event(
+            uow.session, user.id, audit_trail.TWO_FACTOR_ENABLED, old_values={"two_factor_method": None},
+            new_values={"two_factor_method": "email"}, now=now,
+        )  # fmt: skip
         outgoing = _security_notice(uow.session, user, "two_factor_enabled", now)
         uow.commit()
     send_mail(uow, outgoing)
@@ -1178,6 +1242,10 @@ def enable_totp(uow: UnitOfWork, caller: Caller, code: str) -> list[str]:
         user.two_factor_method = "totp"
         user.two_factor_enrolled_at = now
         codes = _new_recovery_codes(session, user, now)
+        audit_trail.security_event(
+            session, user.id, audit_trail.TWO_FACTOR_ENABLED, old_values={"two_factor_method": None},
+            new_values={"two_factor_method": "totp"}, now=now,
+        )  # fmt: skip
         outgoing = _security_notice(session, user, "two_factor_enabled", now)
         uow.commit()
     send_mail(uow, outgoing)
@@ -1195,6 +1263,8 @@ def regenerate_recovery_codes(uow: UnitOfWork, caller: Caller) -> list[str]:
         if not user.two_factor_enabled or user.two_factor_method != "totp":
             raise TwoFactorStateConflict("recovery codes are for TOTP sign-in; turn it on first")
         codes = _new_recovery_codes(session, user, now)
+        # Fresh codes are a way back in for whoever holds this session: recorded like 2FA on and off.
+        audit_trail.security_event(session, user.id, audit_trail.RECOVERY_CODES_CREATED, now=now)
         outgoing = _security_notice(session, user, "recovery_codes_created", now)
         uow.commit()
     send_mail(uow, outgoing)
@@ -1214,6 +1284,12 @@ def disable_two_factor(uow: UnitOfWork, caller: Caller, password: str, ip: str |
             uow.commit()
             raise InvalidCredentials("the password is wrong")
         was_on = user.two_factor_enabled
+        if was_on:
+            audit_trail.security_event(
+                session, user.id, audit_trail.TWO_FACTOR_DISABLED,
+                old_values={"two_factor_method": user.two_factor_method}, new_values={"two_factor_method": None},
+                now=now,
+            )  # fmt: skip
         _drop_second_factor(session, user)
         outgoing = _security_notice(session, user, "two_factor_disabled", now) if was_on else None
         uow.commit()
@@ -1265,11 +1341,17 @@ def _revoke_one_session(uow: UnitOfWork, user_id: uuid.UUID, family_id: uuid.UUI
         ).first()
         if exists is None:
             raise NotFound("no such session")
-        session.execute(
+        ended = session.execute(
             update(AuthSession)
             .where(AuthSession.family_id == family_id, AuthSession.revoked_at.is_(None))
             .values(revoked_at=utcnow(), revoked_reason=reason)
         )
+        # A logout is not a revocation: it ends the session that asks.
+        if reason != "logout" and int(getattr(ended, "rowcount", 0) or 0):
+            audit_trail.security_event(
+                session, user_id, audit_trail.SESSION_REVOKED, resource="session", resource_id=str(family_id),
+                details={"reason": reason},
+            )  # fmt: skip
         uow.commit()
 
 
@@ -1328,6 +1410,11 @@ def create_api_key(
             created_at=now,
         )
         session.add(row)
+        session.flush()
+        audit_trail.security_event(
+            session, user.id, audit_trail.API_KEY_CREATED, resource="api_key", resource_id=str(row.id),
+            new_values={"name": name, "prefix": row.prefix, "scopes": wanted, "expires_at": expires_at}, now=now,
+        )  # fmt: skip
         outgoing = _security_notice(session, user, "api_key_created", now)
         uow.commit()
         created = NewApiKey(key=key, view=_key_view(row))
@@ -1351,4 +1438,8 @@ def revoke_api_key(uow: UnitOfWork, user_id: uuid.UUID, key_id: uuid.UUID) -> No
             raise NotFound("no such API key")
         if row.revoked_at is None:
             row.revoked_at = utcnow()
+            audit_trail.security_event(
+                uow.session, user_id, audit_trail.API_KEY_REVOKED, resource="api_key", resource_id=str(key_id),
+                old_values={"name": row.name, "prefix": row.prefix},
+            )  # fmt: skip
         uow.commit()

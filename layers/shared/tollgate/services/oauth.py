@@ -17,6 +17,7 @@ from tollgate.db.base import utcnow
 from tollgate.errors import Conflict, OAuthFailed
 from tollgate.models import User
 from tollgate.models.auth import AuthSession, OAuthAccount, OAuthState
+from tollgate.services import audit_trail
 from tollgate.services.identity import (
     ClientInfo,
     TokenPair,
@@ -138,5 +139,9 @@ def complete_authorization(uow: UnitOfWork, provider: str, code: str, state: str
             raise Conflict("this account was linked by another request at the same moment; try again") from None
         # No password was proven: credential changes from this session need POST /auth/reauthenticate first.
         pair = start_session(session, user, client, now, authenticated_at=None)
+        audit_trail.security_event(
+            session, user.id, audit_trail.SIGN_IN,
+            details={"method": f"oauth:{provider}", "session_id": str(pair.session_id)}, now=now,
+        )  # fmt: skip
         uow.commit()
         return pair

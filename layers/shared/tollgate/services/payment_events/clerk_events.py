@@ -23,6 +23,7 @@ from tollgate.config import get_settings
 from tollgate.models.auth import ApiKey, AuthSession
 from tollgate.models.users import User
 from tollgate.payments.signatures import parse_time
+from tollgate.services.authz import role_set_by_admin
 from tollgate.services.payment_events import clerk_billing_events
 from tollgate.services.payment_events.handling import Ctx, Outcome
 
@@ -105,6 +106,7 @@ def user_upsert(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any]) -> Outc
         and email
         and user.email.lower() == email.lower()
         and email.lower() in get_settings().admin_emails
+        and not role_set_by_admin(ctx.session, user.id)
     ):
         user.role = "ADMIN"
     name = " ".join(p for p in (data.get("first_name"), data.get("last_name")) if p)

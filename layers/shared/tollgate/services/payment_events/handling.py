@@ -323,14 +323,29 @@ def fulfil_pack_order(
     purchase.provider_payment_id = order.payment_id or purchase.provider_payment_id
     purchase.provider_customer_id = order.customer_id or purchase.provider_customer_id
     purchase.livemode = ctx.livemode
+    # Every sale is an order: the pack's one-item order, fulfilled (the grant below) by the one order fulfilment.
+    from tollgate.services import orders
+
+    order_row, order_items = orders.pack_order(ctx.session, purchase, pack, new=existing is None)
     if not order.paid:
         ctx.session.add(purchase)
+        if order_items is not None:
+            orders.add_new(ctx.session, order_row, order_items)
         return Outcome.done(purchase_id=str(purchase.id), status="pending")
     purchase.paid_at = order.paid_at or ctx.provider_time or ctx.now
-    granted = grant_purchase(ctx, purchase)
-    ctx.session.add(purchase)  # one INSERT, complete, at the transaction's flush
+    ctx.session.add(purchase)  # complete before the grant's first statement flushes it: one INSERT
+    fulfilled = orders.fulfil_order(
+        ctx.session,
+        order_row,
+        now=ctx.now,
+        paid_at=purchase.paid_at,
+        purchase_grant=lambda: grant_purchase(ctx, purchase),
+        announce=False,
+        items=order_items,
+    )
+    granted = fulfilled.granted or grant_purchase(ctx, purchase)
     unlock_after_payment(user)  # a trial that had ended locked the account; paying reopens it
-    # Pack orders are today's only orders (a commerce `orders` table does not exist yet): one item, the pack.
+    # The pack's order.completed, as before the orders table (its order row is `order_row`).
     emit(
         ctx.session,
         EventType.ORDER_COMPLETED,

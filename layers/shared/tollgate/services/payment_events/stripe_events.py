@@ -24,8 +24,6 @@ from tollgate.db import UnitOfWork
 from tollgate.models.payments import (
     Invoice,
     PaymentMethod,
-    Price,
-    Product,
     Purchase,
     Refund,
     Subscription,
@@ -35,7 +33,12 @@ from tollgate.models.users import User
 from tollgate.payments import adapters
 from tollgate.payments.money import to_major, to_minor
 from tollgate.payments.signatures import parse_time
-from tollgate.services.payment_events import stripe_auto_topup
+from tollgate.services.payment_events import (
+    stripe_auto_topup,
+    stripe_catalogue_events,
+    stripe_order_events,
+    stripe_refund_events,
+)
 from tollgate.services.payment_events.handling import (
     BilledLine,
     Ctx,
@@ -92,9 +95,10 @@ def checkout_completed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> 
             state = SubscriptionState(sub_id, status="incomplete", customer_id=customer, metadata=meta)
             original, ctx.provider_time = ctx.provider_time, None
             try:
-                apply_subscription(ctx, user, state)
+                sub, _ = apply_subscription(ctx, user, state)
             finally:
                 ctx.provider_time = original
+        stripe_order_events.plan_checkout(ctx, obj, user.id, sub.id)  # a plan's first payment is an order too
         return Outcome.done(subscription=sub_id, user_id=str(user.id))
     if mode != "payment":
         return Outcome.ignored(f"checkout mode {mode!r} moves no credits")
@@ -157,6 +161,8 @@ def prefetch(payload: dict[str, Any], uow_factory: Callable[[], UnitOfWork]) -> 
     under a row lock): the line-item prices of a paid checkout of a pack that sells through a Stripe price, where
     the API is configured. The pack is read in a short unit of work closed before the call. A failure raises (the
     event is recorded failed and answered 5xx, so Stripe retries)."""
+    if payload.get("type") in stripe_refund_events.PREFETCHED:
+        return stripe_refund_events.prefetch(payload, uow_factory)
     if payload.get("type") not in {"checkout.session.completed", "checkout.session.async_payment_succeeded"}:
         return {}
     obj = (payload.get("data") or {}).get("object")
@@ -752,73 +758,16 @@ def payment_method_attached(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]
     return Outcome.done(payment_method=pm_id, user_id=str(user.id) if user else None)
 
 
-def _fresh(ctx: Ctx, row: Any) -> bool:
-    return not _older_than(ctx, row.provider_updated_at)
-
-
-def product_event(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
-    product_id = str(obj["id"])
-    row = ctx.session.execute(
-        select(Product).where(Product.provider == PROVIDER, Product.provider_product_id == product_id).with_for_update()
-    ).scalar_one_or_none()
-    if row is None:
-        row = Product(provider=PROVIDER, provider_product_id=product_id, name=str(obj.get("name") or product_id))
-        ctx.session.add(row)
-    elif not _fresh(ctx, row):
-        return Outcome.done(product=product_id, applied=False)
-    row.name = str(obj.get("name") or row.name)
-    row.description = obj.get("description")
-    row.deleted = event.get("type") == "product.deleted"
-    row.active = bool(obj.get("active", True)) and not row.deleted
-    row.livemode = ctx.livemode
-    row.metadata_ = metadata_of(obj)
-    row.provider_updated_at = ctx.provider_time
-    return Outcome.done(product=product_id, applied=True)
-
-
-def price_event(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
-    price_id = str(obj["id"])
-    row = ctx.session.execute(
-        select(Price).where(Price.provider == PROVIDER, Price.provider_price_id == price_id).with_for_update()
-    ).scalar_one_or_none()
-    currency = str(obj.get("currency") or "usd").lower()
-    if row is None:
-        row = Price(provider=PROVIDER, provider_price_id=price_id, currency=currency)
-        ctx.session.add(row)
-    elif not _fresh(ctx, row):
-        return Outcome.done(price=price_id, applied=False)
-    product_ref = object_id(obj.get("product"))
-    product = (
-        ctx.session.execute(
-            select(Product).where(Product.provider == PROVIDER, Product.provider_product_id == product_ref)
-        ).scalar_one_or_none()
-        if product_ref
-        else None
-    )
-    recurring = obj.get("recurring") or {}
-    amount = obj.get("unit_amount")
-    row.provider_product_id = product_ref
-    row.product_id = product.id if product else None
-    row.type = obj.get("type")
-    row.unit_amount = to_major(amount, currency) if amount is not None else None
-    row.currency = currency
-    row.interval = recurring.get("interval")
-    row.interval_count = recurring.get("interval_count")
-    row.nickname = obj.get("nickname")
-    row.lookup_key = obj.get("lookup_key")
-    row.deleted = event.get("type") == "price.deleted"
-    row.active = bool(obj.get("active", True)) and not row.deleted
-    row.livemode = ctx.livemode
-    row.metadata_ = metadata_of(obj)
-    row.provider_updated_at = ctx.provider_time
-    return Outcome.done(price=price_id, applied=True)
-
-
 HANDLERS: dict[str, Handler] = {
-    "checkout.session.completed": checkout_completed,
-    "checkout.session.async_payment_succeeded": checkout_completed,
-    "checkout.session.async_payment_failed": async_payment_failed,
-    "checkout.session.expired": async_payment_failed,
+    # Cart orders (metadata tollgate_order_id) go to stripe_order_events; packs and plans as before.
+    "checkout.session.completed": stripe_order_events.or_else(checkout_completed, stripe_order_events.completed),
+    "checkout.session.async_payment_succeeded": stripe_order_events.or_else(
+        checkout_completed, stripe_order_events.completed
+    ),
+    "checkout.session.async_payment_failed": stripe_order_events.or_else(
+        async_payment_failed, stripe_order_events.closed
+    ),
+    "checkout.session.expired": stripe_order_events.or_else(async_payment_failed, stripe_order_events.closed),
     "customer.subscription.created": subscription_changed,
     "customer.subscription.updated": subscription_changed,
     "customer.subscription.deleted": subscription_deleted,
@@ -831,19 +780,23 @@ HANDLERS: dict[str, Handler] = {
     "invoice_payment.paid": invoice_payment_paid,
     "payment_intent.succeeded": payment_intent_event,
     "payment_intent.payment_failed": payment_intent_event,
-    "charge.refunded": charge_refunded,
+    "charge.refunded": stripe_refund_events.with_order_refunds(charge_refunded),
+    "refund.created": stripe_refund_events.refund_event,
+    "refund.updated": stripe_refund_events.refund_event,
+    "refund.failed": stripe_refund_events.refund_event,
+    "charge.refund.updated": stripe_refund_events.refund_event,
     "charge.dispute.created": dispute_created,
     "charge.dispute.funds_withdrawn": dispute_lost,
     "charge.dispute.closed": dispute_lost,
     "customer.updated": customer_updated,
     "payment_method.attached": payment_method_attached,
     "payment_method.detached": payment_method_attached,
-    "product.created": product_event,
-    "product.updated": product_event,
-    "product.deleted": product_event,
-    "price.created": price_event,
-    "price.updated": price_event,
-    "price.deleted": price_event,
+    "product.created": stripe_catalogue_events.product_event,
+    "product.updated": stripe_catalogue_events.product_event,
+    "product.deleted": stripe_catalogue_events.product_event,
+    "price.created": stripe_catalogue_events.price_event,
+    "price.updated": stripe_catalogue_events.price_event,
+    "price.deleted": stripe_catalogue_events.price_event,
 }
 
 

@@ -1,0 +1,417 @@
+"""Refunds of orders (API.md "Commerce": POST /admin/orders/{order_id}/refunds) and the one place their status
+moves, whichever of the admin call, Stripe's answer or Stripe's webhooks brings it.
+
+Money safety, in three steps (no Stripe call while a lock is held):
+1. Reserve, in one committed transaction under the order's row lock: refunded + pending + asked <= total (else
+   `refund_exceeds_payment` with what is refundable), the amount added to `refund_pending_amount`, the refund row
+   inserted PENDING without a Stripe id, the admin's change audited. Concurrent refunds of one order take turns on
+   the lock, and the database's CHECK (refunded + pending <= total) holds whatever else runs.
+2. Call Stripe's Refund API with an idempotency key derived from the refund's id and the id in `metadata`
+   (`tollgate_refund_id`), so the webhooks find the row even before its Stripe id is recorded.
+3. Record Stripe's refund id and status in a new transaction. A refusal (Stripe created nothing) marks the row
+   FAILED and releases the reservation. No answer (a timeout, a 5xx) keeps the reservation: the refund may exist;
+   a retry with the same Idempotency-Key calls Stripe again with the same key, and the webhooks settle it.
+
+A refund's status moves once out of PENDING (`settle`): SUCCEEDED moves its amount from pending to refunded,
+FAILED/CANCELED release it. A fully refunded order becomes REFUNDED (payment status REFUNDED) and its items lose
+download access; a partial refund leaves it COMPLETED with its refunded amount. Credits of a pack order are clawed
+back by the purchase's own `charge.refunded` path, never here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tollgate.db import UnitOfWork
+from tollgate.db.base import new_id, utcnow
+from tollgate.errors import (
+    IdempotencyConflict,
+    OrderNotRefundable,
+    RefundExceedsPayment,
+    RefundOrderNotFound,
+    ValidationFailed,
+)
+from tollgate.models.commerce import Order, OrderItem
+from tollgate.models.payments import Refund
+from tollgate.outbox import EventType, emit
+from tollgate.payments import adapters
+from tollgate.payments.money import exponent, to_minor
+from tollgate.services.authz import ADMIN, Actor, audit, require_role
+
+PROVIDER = "stripe"
+REASONS = ("requested_by_customer", "duplicate", "fraudulent", "subscription_canceled", "other")
+# The reasons Stripe's Refund API knows; the others are Tollgate's own and are not sent.
+STRIPE_REASONS = frozenset({"requested_by_customer", "duplicate", "fraudulent"})
+# Stripe refund statuses -> ours (pending and requires_action stay PENDING).
+STATUS_FROM_STRIPE = {"succeeded": "SUCCEEDED", "failed": "FAILED", "canceled": "CANCELED"}
+KIND = "refund"
+# A refund of ours still without a Stripe id this long after it was asked for is no longer in flight (the admin's
+# call gives up within seconds), so Stripe's list of the charge's refunds says whether it was ever made.
+UNANSWERED_AFTER = timedelta(minutes=15)
+NOT_MADE = "not_made_at_stripe"
+LISTED_AT_MOST = 100  # one page of Stripe's refund list (adapters.StripeAdapter.list_charge_refunds)
+
+
+@dataclass(frozen=True, slots=True)
+class RefundView:
+    id: uuid.UUID
+    order_id: uuid.UUID
+    amount: Decimal
+    currency: str
+    reason: str | None
+    status: str
+    notes: str | None
+    provider_refund_id: str | None
+    requested_by: uuid.UUID | None
+    created_at: datetime
+    processed_at: datetime | None
+    order_status: str
+    order_refunded_amount: Decimal
+    order_refund_pending_amount: Decimal
+
+
+def _view(refund: Refund, order: Order) -> RefundView:
+    assert refund.order_id is not None
+    return RefundView(
+        id=refund.id,
+        order_id=refund.order_id,
+        amount=refund.amount,
+        currency=refund.currency,
+        reason=refund.reason,
+        status=refund.status,
+        notes=refund.notes,
+        provider_refund_id=refund.provider_refund_id,
+        requested_by=refund.requested_by,
+        created_at=refund.created_at,
+        processed_at=refund.processed_at,
+        order_status=order.status,
+        order_refunded_amount=order.refunded_amount,
+        order_refund_pending_amount=order.refund_pending_amount,
+    )
+
+
+def _money(value: Decimal) -> str:
+    return format(value, "f")
+
+
+def quantised(amount: Decimal, currency: str) -> Decimal:
+    """`amount` at the currency's scale; finer than its minor unit, or not above zero, is refused."""
+    scale = Decimal(1).scaleb(-exponent(currency))
+    if amount <= 0:
+        raise ValidationFailed("a refund amount must be above zero", details={"field": "amount"})
+    if amount != amount.quantize(scale):
+        raise ValidationFailed(
+            f"{amount} is finer than {currency.upper()} allows", details={"field": "amount", "scale": str(scale)}
+        )
+    return amount.quantize(scale)
+
+
+def refundable(order: Order) -> Decimal:
+    return order.total_amount - order.refunded_amount - order.refund_pending_amount
+
+
+# --- the one status change ---------------------------------------------------------------------------------------
+def lock_order(session: Session, order_id: uuid.UUID) -> Order | None:
+    return session.get(Order, order_id, with_for_update=True, populate_existing=True)
+
+
+def is_pack_order(session: Session, order: Order) -> bool:
+    if order.purchase_id is not None:
+        return True
+    kinds = session.execute(select(OrderItem.kind).where(OrderItem.order_id == order.id)).scalars().all()
+    return "pack" in kinds
+
+
+def settle(
+    session: Session,
+    order: Order,
+    refund: Refund,
+    stripe_status: str | None,
+    now: datetime,
+    *,
+    failure: str | None = None,
+) -> str | None:
+    """Move `refund` (of `order`, both locked) out of PENDING per Stripe's status, once. Returns the new status, or
+    None when nothing moved (still pending, or already settled: a replay or an older event)."""
+    new = STATUS_FROM_STRIPE.get(str(stripe_status or ""))
+    if new is None or refund.status != "PENDING":
+        return None
+    order.refund_pending_amount -= refund.amount
+    refund.status = new
+    refund.processed_at = now
+    if new != "SUCCEEDED":
+        if failure:
+            refund.metadata_ = {**refund.metadata_, "failure_reason": failure}
+        return new
+    order.refunded_amount += refund.amount
+    if order.refunded_amount >= order.total_amount:
+        order.status = "REFUNDED"
+        order.payment_status = "REFUNDED"
+        # A fully refunded order ends every item's access (downloads); partial refunds name no item.
+        session.execute(
+            update(OrderItem)
+            .where(OrderItem.order_id == order.id, OrderItem.access_revoked_at.is_(None))
+            .values(access_revoked_at=now)
+        )
+    if not is_pack_order(session, order):  # a pack's refund is announced by its purchase's claw-back
+        emit(
+            session,
+            EventType.REFUND_COMPLETED,
+            user_id=order.user_id,
+            data={
+                "provider": PROVIDER, "refund_id": refund.provider_refund_id, "tollgate_refund_id": refund.id,
+                "kind": "order", "order_id": order.id, "amount": refund.amount, "currency": refund.currency,
+                "order_refunded_amount": order.refunded_amount, "order_status": order.status,
+            },
+            dedupe_key=f"refund.completed:order:{refund.id}",
+        )  # fmt: skip
+    return new
+
+
+def unanswered(session: Session, order_id: uuid.UUID, now: datetime) -> list[Refund]:
+    """Refunds of the order still PENDING without a Stripe id, asked for longer than UNANSWERED_AFTER ago."""
+    return list(
+        session.execute(
+            select(Refund)
+            .where(
+                Refund.order_id == order_id,
+                Refund.status == "PENDING",
+                Refund.provider_refund_id.is_(None),
+                Refund.created_at <= now - UNANSWERED_AFTER,
+            )
+            .order_by(Refund.created_at, Refund.id)
+            .with_for_update()
+        ).scalars()
+    )
+
+
+def unanswered_ids(session: Session, order_id: uuid.UUID, now: datetime) -> list[uuid.UUID]:
+    """The ids `unanswered` would lock, read without a lock (before a provider call)."""
+    return list(
+        session.execute(
+            select(Refund.id).where(
+                Refund.order_id == order_id,
+                Refund.status == "PENDING",
+                Refund.provider_refund_id.is_(None),
+                Refund.created_at <= now - UNANSWERED_AFTER,
+            )
+        ).scalars()
+    )
+
+
+def resolve_unanswered(session: Session, order: Order, listed: list[dict[str, Any]], now: datetime) -> list[str]:
+    """With Stripe's own list of the charge's refunds (`listed`, fetched from its API), settle each long unanswered
+    refund of `order` (locked): found by its metadata (same amount, Stripe id not recorded elsewhere), it takes its
+    Stripe id and status; absent, Stripe never made it: FAILED, its reservation released. Without this a refund
+    lost on its way to Stripe would hold its room for ever and a dashboard refund could never be counted."""
+    stale = unanswered(session, order.id, now)
+    if not stale:
+        return []
+    made = {
+        str(obj["metadata"]["tollgate_refund_id"]): obj
+        for obj in listed
+        if isinstance(obj.get("metadata"), dict) and obj["metadata"].get("tollgate_refund_id") and obj.get("id")
+    }
+    whole = len(listed) < LISTED_AT_MOST  # a full page may leave refunds out: then absence proves nothing
+    moved: list[str] = []
+    for refund in stale:
+        obj = made.get(str(refund.id))
+        if obj is None and not whole:
+            continue
+        if obj is None:
+            refund.metadata_ = {**refund.metadata_, "resolved": "absent from Stripe's refunds of the charge"}
+            settle(session, order, refund, "failed", now, failure=NOT_MADE)
+            moved.append(str(refund.id))
+            continue
+        taken = session.execute(
+            select(Refund.id).where(Refund.provider == PROVIDER, Refund.provider_refund_id == str(obj["id"]))
+        ).first()
+        if taken is not None or obj.get("amount") != to_minor(refund.amount, refund.currency):
+            continue  # not this row's refund after all: the next event (or an admin retry) settles it
+        refund.provider_refund_id = str(obj["id"])
+        failure = obj.get("failure_reason")
+        settle(session, order, refund, str(obj.get("status") or ""), now, failure=str(failure) if failure else None)
+        moved.append(str(refund.id))
+    return moved
+
+
+# --- POST /admin/orders/{order_id}/refunds ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Reserved:
+    refund_id: uuid.UUID
+    order_id: uuid.UUID
+    request: adapters.RefundRequest | None  # None: nothing (more) to send
+
+
+def _fingerprint(amount: Decimal | None, reason: str, notes: str | None) -> dict[str, Any]:
+    # Normalised: a retry that spells the amount 10, "10" or "10.00" is the same request.
+    return {"amount": _money(amount.normalize()) if amount is not None else None, "reason": reason, "notes": notes}
+
+
+def _request(order: Order, refund: Refund) -> adapters.RefundRequest:
+    return adapters.RefundRequest(
+        payment_intent_id=order.provider_payment_intent_id,
+        charge_id=order.provider_charge_id,
+        amount_minor=to_minor(refund.amount, refund.currency),
+        reason=refund.reason if refund.reason in STRIPE_REASONS else None,
+        metadata={"tollgate_refund_id": str(refund.id), "tollgate_order_id": str(order.id)},
+        idempotency_key=f"tollgate:order-refund:{refund.id}",
+    )
+
+
+def _replayed(session: Session, order: Order, key: str, fingerprint: dict[str, Any]) -> _Reserved | None:
+    found = session.execute(
+        select(Refund).where(Refund.order_id == order.id, Refund.metadata_["idempotency_key"].astext == key)
+    ).scalar_one_or_none()
+    if found is None:
+        return None
+    if found.metadata_.get("request") != fingerprint:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used for another refund of this order",
+            details={"refund_id": str(found.id)},
+        )
+    # Not answered yet (the first call died or is still running): ask Stripe again with the same key.
+    pending = found.status == "PENDING" and found.provider_refund_id is None
+    return _Reserved(found.id, order.id, _request(order, found) if pending else None)
+
+
+def _reserve(
+    uow: UnitOfWork,
+    actor: Actor,
+    order_id: uuid.UUID,
+    *,
+    amount: Decimal | None,
+    reason: str,
+    notes: str | None,
+    idempotency_key: str | None,
+    now: datetime,
+) -> _Reserved:
+    fingerprint = _fingerprint(amount, reason, notes)
+    with uow:
+        session = uow.session
+        order = lock_order(session, order_id)
+        if order is None:
+            raise RefundOrderNotFound("no such order", details={"order_id": str(order_id)})
+        if idempotency_key:
+            replay = _replayed(session, order, idempotency_key, fingerprint)
+            if replay is not None:
+                return replay
+        if order.status not in ("COMPLETED", "REFUNDED"):
+            raise OrderNotRefundable(
+                "only a completed order can be refunded", details={"status": order.status, "reason": "not_completed"}
+            )
+        if order.provider != PROVIDER or not (order.provider_payment_intent_id or order.provider_charge_id):
+            raise OrderNotRefundable(
+                "the order was not paid through Stripe", details={"provider": order.provider, "reason": "not_stripe"}
+            )
+        left = refundable(order)
+        wanted = quantised(amount, order.currency) if amount is not None else left
+        if wanted <= 0 or wanted > left:
+            raise RefundExceedsPayment(
+                "the refund would pass what the order took",
+                details={
+                    "refundable": _money(left), "requested": _money(wanted), "total": _money(order.total_amount),
+                    "refunded": _money(order.refunded_amount), "pending": _money(order.refund_pending_amount),
+                    "currency": order.currency,
+                },
+            )  # fmt: skip
+        old = {
+            "refunded_amount": _money(order.refunded_amount),
+            "refund_pending_amount": _money(order.refund_pending_amount),
+        }
+        order.refund_pending_amount += wanted
+        meta: dict[str, Any] = {"request": fingerprint}
+        if idempotency_key:
+            meta["idempotency_key"] = idempotency_key
+        refund = Refund(
+            id=new_id(),
+            provider=PROVIDER,
+            provider_refund_id=None,
+            kind=KIND,
+            user_id=order.user_id,
+            order_id=order.id,
+            amount=wanted,
+            currency=order.currency,
+            reason=reason,
+            status="PENDING",
+            notes=notes,
+            metadata_=meta,
+            requested_by=actor.user_id,
+        )
+        session.add(refund)
+        session.flush()
+        audit(
+            session, actor, action="order.refund", target_type="order", target_id=str(order.id),
+            details={"refund_id": str(refund.id), "reason": reason},
+            old_values=old,
+            new_values={
+                "refunded_amount": _money(order.refunded_amount),
+                "refund_pending_amount": _money(order.refund_pending_amount),
+                "refund": {"id": str(refund.id), "amount": _money(wanted), "reason": reason, "notes": notes},
+            },
+            now=now,
+        )  # fmt: skip
+        reserved = _Reserved(refund.id, order.id, _request(order, refund))
+        uow.commit()
+    return reserved
+
+
+def _record(uow: UnitOfWork, reserved: _Reserved, answer: adapters.RefundAnswer, now: datetime) -> None:
+    with uow:
+        session = uow.session
+        order = lock_order(session, reserved.order_id)
+        refund = session.get(Refund, reserved.refund_id, with_for_update=True, populate_existing=True)
+        assert order is not None and refund is not None
+        if answer.refused:
+            refund.metadata_ = {**refund.metadata_, "refused": {"code": answer.refused_code, "message": answer.message}}
+            settle(session, order, refund, "failed", now, failure=answer.refused_code)
+        elif refund.provider_refund_id in (None, answer.refund_id):
+            # (A row already tied to another Stripe refund by a webhook is settled by that refund's events; this
+            # answer's refund then arrives by its own events and is counted as a refund of the charge.)
+            refund.provider_refund_id = answer.refund_id
+            failure = (answer.raw or {}).get("failure_reason")
+            settle(session, order, refund, answer.status, now, failure=str(failure) if failure else None)
+        uow.commit()
+
+
+def _read(uow: UnitOfWork, refund_id: uuid.UUID) -> RefundView:
+    with uow:
+        refund = uow.session.get(Refund, refund_id)
+        assert refund is not None and refund.order_id is not None
+        order = uow.session.get(Order, refund.order_id)
+        assert order is not None
+        return _view(refund, order)
+
+
+def refund_order(
+    uow: UnitOfWork,
+    actor: Actor,
+    order_id: uuid.UUID,
+    *,
+    amount: Decimal | None,
+    reason: str,
+    notes: str | None = None,
+    idempotency_key: str | None = None,
+    gateway: adapters.StripeGateway | None = None,
+    now: datetime | None = None,
+) -> RefundView:
+    """Refund `amount` (default: all that is left) of a completed Stripe order; see the module docstring."""
+    require_role(actor, ADMIN)
+    if reason not in REASONS:
+        raise ValidationFailed("unknown refund reason", details={"field": "reason", "allowed": list(REASONS)})
+    stripe = gateway or adapters.stripe_gateway()  # not configured: refused before anything is reserved
+    moment = now or utcnow()
+    reserved = _reserve(
+        uow, actor, order_id, amount=amount, reason=reason, notes=notes, idempotency_key=idempotency_key, now=moment
+    )
+    if reserved.request is not None:
+        answer = stripe.create_refund(reserved.request)  # no transaction is open here
+        _record(uow, reserved, answer, utcnow())
+    return _read(uow, reserved.refund_id)
