@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import Field, HttpUrl, PlainSerializer, StringConstraints, WithJsonSchema
+from pydantic import Field, HttpUrl, PlainSerializer, StrictInt, StringConstraints, WithJsonSchema
 
 from tollgate.db import UnitOfWork
 from tollgate.http.api import create_app, current_actor, current_principal
@@ -53,7 +53,7 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 # --- bodies ----------------------------------------------------------------------------------------------------
 class CartItemIn(StrictBody):
     price_id: uuid.UUID
-    quantity: int = Field(default=1, ge=1, le=MAX_QUANTITY)
+    quantity: StrictInt = Field(default=1, ge=1, le=MAX_QUANTITY)  # a count: never "2", 2.0 or true
 
 
 class CheckoutIn(StrictBody):

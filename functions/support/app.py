@@ -29,12 +29,12 @@ app = create_app("support")
 Status = Literal["OPEN", "IN_PROGRESS", "RESOLVED", "CLOSED"]
 Priority = Literal["LOW", "MEDIUM", "HIGH", "URGENT"]
 ConfigType = Literal["string", "number", "boolean", "json"]
-# One line of text: a subject becomes a mail header, which may carry no line break or control character.
+# One line of text: a subject becomes a mail header, which may carry no line break or control character (C0, DEL,
+# C1 and the Unicode line and paragraph separators), spelled out so every regex dialect (OpenAPI's too) reads it.
+ONE_LINE = "^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"
 Subject = Annotated[
     str,
-    StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=SUBJECT_MAX_LENGTH, pattern=r"^[^\p{Cc}\p{Zl}\p{Zp}]+$"
-    ),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=SUBJECT_MAX_LENGTH, pattern=ONE_LINE),
 ]
 LongText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=TEXT_MAX_LENGTH)]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]

@@ -5,7 +5,9 @@ orders, a pack order settled in the other order, and download links (boundaries,
 # ruff: noqa: F401, F811
 from __future__ import annotations
 
+import json
 import threading
+import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -25,6 +27,7 @@ from tests.commerce_refunds_standin import (
 )
 from tests.integration.test_payments_stripe import pack_checkout
 from tests.payments_support import (
+    STRIPE_SECRET,
     Catalogue,
     balance,
     buyer,
@@ -43,9 +46,10 @@ from tollgate.db.base import utcnow
 from tollgate.errors import AccessExpired, NotDownloadable, TollgateError
 from tollgate.models.storage import FileStatus, StorageObject
 from tollgate.payments import adapters
-from tollgate.services import downloads, order_refunds
+from tollgate.services import downloads, order_refunds, webhooks
 from tollgate.services.authz import Actor
 from tollgate.storage import get_storage
+from tollgate_local.webhooks_cli import stripe_signature
 
 Db = Any
 
@@ -539,7 +543,7 @@ def test_an_answer_about_another_stripe_refund_than_the_rows_settles_nothing_twi
 def test_deliveries_of_one_dashboard_refund_racing_each_other_count_it_once_and_all_succeed(
     db: Db, stripe_api: StripeStandIn, buyer: uuid.UUID
 ) -> None:
-    # Given a 20.00 order refunded 7.00 in the Stripe dashboard
+    # Given a 20.00 order refunded 7.00 in the Stripe dashboard, and the order's row held locked for a moment
     order = completed_order(db, buyer, stripe=stripe_api)
     obj = {**_made_in_stripe(order.payment_intent, 700), "status": "succeeded"}
     events = [
@@ -547,21 +551,32 @@ def test_deliveries_of_one_dashboard_refund_racing_each_other_count_it_once_and_
         current_event("refund.updated", obj),
         charge_refunded_2020(order.charge, order.payment_intent, amount=2000, refunds=[obj]),
     ]
-    barrier = threading.Barrier(len(events))
-    statuses: list[int] = []
+    statuses: list[str] = []
 
     def deliver(event: dict[str, Any]) -> None:
-        barrier.wait(timeout=30)
-        statuses.append(send_stripe(event).status)
+        # Straight to the webhook service: the local gateway runs one invocation of a function at a time
+        raw = json.dumps(event)
+        try:
+            receipt = webhooks.receive_webhook(
+                "stripe", raw.encode(), {"stripe-signature": stripe_signature(raw, STRIPE_SECRET)}
+            )
+            statuses.append(receipt.status)
+        except TollgateError as exc:
+            statuses.append(exc.code)
 
-    # When its three events arrive at the same moment
-    threads = [threading.Thread(target=deliver, args=(e,)) for e in events]
-    for thread in threads:
-        thread.start()
+    holder = UnitOfWork()
+    with holder:
+        holder.session.execute(text("SELECT 1 FROM orders WHERE id = :i FOR UPDATE"), {"i": order.order_id})
+        # When its three events arrive together: each finds no row for the refund, then waits for the order
+        threads = [threading.Thread(target=deliver, args=(e,)) for e in events]
+        for thread in threads:
+            thread.start()
+        time.sleep(2)
+        holder.rollback()
     for thread in threads:
         thread.join(timeout=120)
     # Then each is applied (no 5xx for Stripe to retry), and the 7.00 is recorded and counted once
-    assert statuses == [200, 200, 200], statuses
+    assert statuses == ["processed"] * 3, statuses
     (row,) = _refunds(db, order.order_id)
     assert row["provider_refund_id"] == obj["id"] and row["status"] == "SUCCEEDED"
     assert _money(_order(db, order.order_id)) == (Decimal("7.000"), Decimal("0"))
@@ -591,3 +606,96 @@ def test_a_pack_order_refunded_in_the_dashboard_claws_back_once(
     row = _order(db, order.order_id)
     assert row["status"] == "REFUNDED" and _money(row) == (Decimal("5.000"), Decimal("0"))
     assert len(_refunds(db, order.order_id)) == 1 and ledger_is_consistent(db, buyer)
+
+
+def test_a_refund_that_fails_after_it_succeeded_gives_the_order_back_its_money_and_access(
+    db: Db, stripe_api: StripeStandIn, buyer: uuid.UUID, admin: uuid.UUID
+) -> None:
+    # Given a download order refunded in full, succeeded at Stripe: REFUNDED, access revoked
+    order = completed_order(db, buyer, product_id=download_product(db), stripe=stripe_api)
+    made = _refund(order.order_id, admin, {"reason": "requested_by_customer"}).json
+    refund = {**book(stripe_api).refunds[made["provider_refund_id"]], "status": "succeeded"}
+    assert send_stripe(current_event("refund.updated", refund)).status == 200
+    assert _order(db, order.order_id)["status"] == "REFUNDED"
+    # When Stripe fails it afterwards (the card was closed), then an older succeeded update arrives, and the failure
+    # is delivered again
+    failed = {**refund, "status": "failed", "failure_reason": "expired_or_canceled_card"}
+    assert send_stripe(current_event("refund.failed", failed)).status == 200
+    assert send_stripe(current_event("refund.updated", refund)).status == 200
+    assert send_stripe(current_event("refund.failed", failed)).status == 200
+    # Then the order holds its money again, once: COMPLETED, nothing refunded, the item downloadable again
+    row = _order(db, order.order_id)
+    assert (row["status"], row["payment_status"]) == ("COMPLETED", "SUCCEEDED")
+    assert _money(row) == (Decimal("0"), Decimal("0"))
+    (refund_row,) = _refunds(db, order.order_id)
+    assert refund_row["status"] == "FAILED" and refund_row["metadata"]["failed_after_success"] is True
+    download = api_call("GET", f"/orders/{order.order_id}/items/{order.item_ids[0]}/download", as_user=buyer)
+    assert download.status == 200, download.json
+    # And the customer can be refunded again, by the admin route
+    again = _refund(order.order_id, admin, {"reason": "requested_by_customer"})
+    assert again.status == 201 and again.json["amount"] == "20.00"
+
+
+def test_a_dashboard_refund_that_can_never_fit_is_recorded_with_its_overlap_not_retried_for_ever(
+    db: Db, stripe_api: StripeStandIn, buyer: uuid.UUID
+) -> None:
+    # Given a 20.00 order whose books already count 15.00 refunded (nothing in flight) while Stripe shows room
+    order = completed_order(db, buyer, stripe=stripe_api)
+    with db() as uow:
+        uow.session.execute(text("UPDATE orders SET refunded_amount = 15 WHERE id = :i"), {"i": order.order_id})
+        uow.commit()
+    # When a 10.00 refund made in the dashboard arrives
+    obj = {**_made_in_stripe(order.payment_intent, 1000), "status": "succeeded"}
+    answer = send_stripe(current_event("refund.created", obj))
+    # Then it is applied (200: nothing in flight could ever make room): 5.00 counted, 5.00 kept as the overlap
+    assert answer.status == 200 and answer.json["status"] == "processed", answer.json
+    (row,) = _refunds(db, order.order_id)
+    assert row["status"] == "SUCCEEDED" and row["amount"] == Decimal("5.000")
+    assert row["metadata"]["uncounted"] == "5.000" and row["metadata"]["stripe_amount"] == "10.000"
+    order_row = _order(db, order.order_id)
+    assert order_row["status"] == "REFUNDED" and _money(order_row) == (Decimal("20.000"), Decimal("0"))
+
+
+def test_a_product_file_deleted_after_the_sale_is_not_served_nor_counted(db: Db) -> None:
+    # Given a product whose uploaded file its owner deleted after the sale (and no download URL)
+    with db() as uow:
+        buyer = make_user(uow.session).id
+        stored = StorageObject(
+            user_id=buyer, provider="local", key=f"users/{buyer}/gone.pdf", pathname="gone.pdf",
+            original_name="Gone.pdf", content_type="application/pdf", size=10, status=FileStatus.DELETED,
+            upload_expires_at=utcnow(), completed_at=utcnow(), deleted_at=utcnow(),
+        )  # fmt: skip
+        uow.session.add(stored)
+        uow.session.flush()
+        file_id = stored.id
+        uow.commit()
+    order = completed_order(db, buyer, product_id=download_product(db, download_url=None, download_file_id=file_id))
+    # When the buyer downloads it, Then 409 not_downloadable (no_file), and the try is not counted
+    answer = api_call("GET", f"/orders/{order.order_id}/items/{order.item_ids[0]}/download", as_user=buyer)
+    assert answer.status == 409 and answer.json["error"]["details"]["reason"] == "no_file", answer.json
+    with db() as uow:
+        counted = uow.session.execute(
+            text("SELECT download_count FROM order_items WHERE id = :i"), {"i": order.item_ids[0]}
+        )
+        assert counted.scalar_one() == 0
+
+
+def test_charge_refunded_alone_also_settles_a_refund_stripe_never_made(
+    db: Db, stripe_api: StripeStandIn, buyer: uuid.UUID, admin: uuid.UUID
+) -> None:
+    # Given a full refund of ours that never reached Stripe, long ago, and a full dashboard refund of the order
+    order = completed_order(db, buyer, stripe=stripe_api)
+    stripe_api.failures.extend([500, 500])
+    assert _refund(order.order_id, admin, {"reason": "other"}).status == 503
+    (stuck,) = _refunds(db, order.order_id)
+    _age(db, str(stuck["id"]), 60)
+    dashboard = _made_in_stripe(order.payment_intent, 2000)
+    book(stripe_api).refunds[dashboard["id"]]["status"] = "succeeded"
+    # When only charge.refunded arrives, at the pinned version (its refunds listed from Stripe)
+    answer = send_stripe(charge_refunded_current(order.charge, order.payment_intent, amount=2000, refunded=2000))
+    # Then ours is FAILED as never made, the dashboard refund counted, the order REFUNDED
+    assert answer.status == 200, answer.json
+    rows = {r["provider_refund_id"]: r["status"] for r in _refunds(db, order.order_id)}
+    assert rows == {None: "FAILED", dashboard["id"]: "SUCCEEDED"}
+    row = _order(db, order.order_id)
+    assert _money(row) == (Decimal("20.000"), Decimal("0")) and row["status"] == "REFUNDED"

@@ -22,6 +22,7 @@ from tests.commerce_catalogue_support import (
     Db,
     add_price,
     admin_call,
+    audit_rows,
     completed_order,
     create_product,
     new_user,
@@ -29,14 +30,20 @@ from tests.commerce_catalogue_support import (
     row_count,
     send_catalogue_event,
 )
-from tests.payments_support import payments_env, stripe_api
+from tests.gateway_support import api_key_for
+from tests.payments_support import payments_env, send_stripe, stripe_api
 from tests.provider_standins import StripeStandIn
 from tests.support import ApiResponse, api_call
+from tollgate.auth.scopes import SCOPES
 from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
 from tollgate.db.base import utcnow
 from tollgate.db.engine import pg8000_url, reset_engine
 from tollgate.models.storage import StorageObject
+from tollgate.payments.adapters import StripeGateway, stripe_gateway
+from tollgate.services import catalogue
+from tollgate.services.authz import Actor
+from tollgate_local.webhooks_cli import stripe_event
 
 
 @pytest.fixture
@@ -140,6 +147,14 @@ def test_draft_archived_and_deleted_products_are_invisible_everywhere(db: Db, st
         vote = api_call("POST", f"/reviews/{review_id}/helpful", as_user=voter)
         assert (vote.status, vote.error_code) == (404, "review_not_found")
     assert row_count(db, "review_votes") == 0
+    # And a mirror of a product made in Stripe (no slug) is not a catalogue product either
+    mirror = {**seen, "id": "prod_mirror", "name": "Mirror", "active": True, "metadata": {}}
+    assert send_catalogue_event("product.created", mirror).status == 200
+    with UnitOfWork() as uow:
+        mirror_id = uow.session.execute(
+            text("SELECT id FROM products WHERE provider_product_id = 'prod_mirror'")
+        ).scalar_one()
+    assert api_call("GET", f"/products/{mirror_id}").status == 404 and _public_slugs() == []
     # And an inactive price of a published product is never shown
     live = published_product(admin, slug="live")
     extra = add_price(admin, live["id"], "99.00", nickname="hidden").json
@@ -166,7 +181,12 @@ def test_a_forged_product_event_naming_another_product_changes_nothing(db: Db, s
     # And the other product's own event carries the victim's id in its metadata
     send_catalogue_event(
         "product.updated",
-        {**seen, "name": "Renamed", "updated": seen["updated"] + 101, "metadata": {"tollgate_product_id": victim["id"]}},
+        {
+            **seen,
+            "name": "Renamed",
+            "updated": seen["updated"] + 101,
+            "metadata": {"tollgate_product_id": victim["id"]},
+        },
     )
     # Then the victim is still archived under its own name; the event applied to the product it is about
     assert tuple(_product_row(victim["id"]))[:3] == ("Victim", "ARCHIVED", False)
@@ -193,9 +213,7 @@ def test_an_older_event_replayed_after_a_newer_one_does_not_reactivate(db: Db, s
     assert _product_row(product["id"]).status == "ARCHIVED" and _public_slugs() == []
 
 
-def test_price_events_cannot_change_amounts_or_move_a_price_between_products(
-    db: Db, stripe_api: StripeStandIn
-) -> None:
+def test_price_events_cannot_change_amounts_or_move_a_price_between_products(db: Db, stripe_api: StripeStandIn) -> None:
     admin = new_user(db, "ADMIN")
     a = published_product(admin, slug="price-a")
     b = published_product(admin, slug="price-b")
@@ -221,10 +239,21 @@ def test_a_stripe_made_price_on_a_tollgate_product_is_never_sold(db: Db, stripe_
     product = published_product(admin, slug="guarded")
     template = dict(state(stripe_api).prices[product["prices"][0]["provider_price_id"]])
     for n, metadata in enumerate([{}, {"tollgate_price_id": str(uuid.uuid4()), "tollgate_product_id": product["id"]}]):
-        stray = {**template, "id": f"price_stray{n}", "unit_amount": 1, "unit_amount_decimal": "1", "metadata": metadata}
+        stray = {
+            **template,
+            "id": f"price_stray{n}",
+            "unit_amount": 1,
+            "unit_amount_decimal": "1",
+            "metadata": metadata,
+        }
         # When its price.created arrives
         assert send_catalogue_event("price.created", stray).status == 200
         assert send_catalogue_event("price.updated", {**stray, "nickname": "again"}).status == 200
+    # And a mirror of a price whose product Tollgate did not know is not moved onto the product by a later event
+    orphan = {**template, "id": "price_orphan", "product": "prod_unknown", "metadata": {}}
+    assert send_catalogue_event("price.created", orphan).status == 200
+    moved = {**orphan, "product": product["provider_product_id"], "nickname": "moved"}
+    assert send_catalogue_event("price.updated", moved).status == 200
     # Then the product still sells only its own price, and no price row names the product but Tollgate's
     assert [p["id"] for p in api_call("GET", "/products/guarded").json["prices"]] == [product["prices"][0]["id"]]
     with UnitOfWork() as uow:
@@ -257,8 +286,10 @@ def test_two_concurrent_identical_amount_changes_leave_the_price_sellable_in_str
         holder.rollback()
     for t in threads:
         t.join(timeout=30)
-    assert sorted(a.status for a in answers) in ([200, 200], [200, 409]), [a.json for a in answers]
-    # Then Tollgate's price points at one Stripe price at 59.00 that is active in Stripe; the old one is inactive
+    # Then both are answered 200: the second found its change made already
+    assert sorted(a.status for a in answers) == [200, 200], [a.json for a in answers]
+    assert answers[0].json["provider_price_id"] == answers[1].json["provider_price_id"]
+    # And Tollgate's price points at one Stripe price at 59.00 that is active in Stripe; the old one is inactive
     current = api_call("GET", "/products/raced").json["prices"]
     assert [p["unit_amount"] for p in current] == ["59.00"]
     with UnitOfWork() as uow:
@@ -269,6 +300,8 @@ def test_two_concurrent_identical_amount_changes_leave_the_price_sellable_in_str
     assert prices[provider_id]["active"] is True and prices[provider_id]["unit_amount"] == 5900
     assert prices[price["provider_price_id"]]["active"] is False
     assert [p for p in prices.values() if p["active"]] == [prices[provider_id]]
+    # And the change is audited once
+    assert [r["new_values"]["unit_amount"] for r in audit_rows(db, "catalogue.price_update")] == ["59.00"]
 
 
 def test_two_concurrent_different_amounts_leave_one_active_stripe_price(
@@ -315,7 +348,7 @@ def test_slug_tricks_are_refused(db: Db, payments_env: None) -> None:
         str(uuid.uuid4()),
         uuid.uuid4().hex,  # 32 hex digits also parse as an id
         "Upper-Case",
-        "ｆｕｌｌｗｉｄｔｈ",
+        "\uff46\uff55\uff4c\uff4c",  # fullwidth letters
         "caf\u00e9",
         "p\u0430ypal",  # Cyrillic a
         "x" * 161,
@@ -382,6 +415,27 @@ def test_category_depth_is_bounded_and_a_deep_tree_still_serves(db: Db, payments
     assert tree.status == 200, tree.json
 
 
+def test_the_public_tree_is_bounded_in_size(db: Db, payments_env: None) -> None:
+    # Given all but one of the categories the public tree may hold
+    admin = new_user(db, "ADMIN")
+    with UnitOfWork() as uow:
+        uow.session.execute(
+            text(
+                "INSERT INTO product_categories (id, name, slug, parent_id, sort_order, created_at, updated_at) "
+                "SELECT gen_random_uuid(), 'c' || g, 'many-' || g, NULL, 0, now(), now() "
+                "FROM generate_series(1, :n) g"
+            ),
+            {"n": catalogue.MAX_CATEGORIES - 1},
+        )
+        uow.commit()
+    # When two more are created, Then the last one is refused and the tree serves every category there is
+    assert admin_call(admin, "POST", "/admin/product-categories", {"name": "L", "slug": "last"}).status == 201
+    over = admin_call(admin, "POST", "/admin/product-categories", {"name": "O", "slug": "over"})
+    assert (over.status, over.error_code) == (422, "validation_error")
+    tree = api_call("GET", "/product-categories")
+    assert tree.status == 200 and len(tree.json["items"]) == catalogue.MAX_CATEGORIES
+
+
 def test_a_category_cannot_be_its_own_parent_and_two_crossing_moves_make_no_cycle(
     db: Db, payments_env: None, side: Engine
 ) -> None:
@@ -393,7 +447,9 @@ def test_a_category_cannot_be_its_own_parent_and_two_crossing_moves_make_no_cycl
     answers: list[ApiResponse] = []
 
     def move(child: dict[str, Any], parent: dict[str, Any]) -> None:
-        answers.append(admin_call(admin, "PATCH", f"/admin/product-categories/{child['id']}", {"parent_id": parent["id"]}))
+        answers.append(
+            admin_call(admin, "PATCH", f"/admin/product-categories/{child['id']}", {"parent_id": parent["id"]})
+        )
 
     # When a -> b and b -> a are sent at once
     with side.connect() as holder:
@@ -523,15 +579,14 @@ def test_only_completed_orders_make_a_buyer(db: Db, stripe_api: StripeStandIn) -
     completed_order(db, buyer, product["id"])
     assert _review(stranger, "buyers-only").error_code == "not_a_buyer"
     # And an order item can hold a product only as a product item (the schema's rule)
-    with pytest.raises(Exception, match="one_kind"):
-        with db() as uow:
-            uow.session.execute(
-                text(
-                    "INSERT INTO order_items (id, order_id, kind, product_id, pack_id, name, quantity, unit_price, "
-                    "total_price) SELECT gen_random_uuid(), o.id, 'pack', :p, NULL, 'x', 1, 1, 1 FROM orders o LIMIT 1"
-                ),
-                {"p": product["id"]},
-            )
+    with pytest.raises(Exception, match="one_kind"), db() as uow:
+        uow.session.execute(
+            text(
+                "INSERT INTO order_items (id, order_id, kind, product_id, pack_id, name, quantity, unit_price, "
+                "total_price) SELECT gen_random_uuid(), o.id, 'pack', :p, NULL, 'x', 1, 1, 1 FROM orders o LIMIT 1"
+            ),
+            {"p": product["id"]},
+        )
     assert row_count(db, "product_reviews") == 0
 
 
@@ -542,7 +597,7 @@ def test_review_bodies_and_votes(db: Db, stripe_api: StripeStandIn) -> None:
     completed_order(db, buyer, product["id"])
     for body in (
         {"rating": 0}, {"rating": 6}, {"rating": 3.5}, {"rating": "5"}, {"rating": True}, {"rating": None},
-        {"rating": 5.0}, {"rating": -1}, {"rating": 10**20}, {"content": "x" * 5_001}, {"content": "\u200b"},
+        {"rating": 5.0}, {"rating": -1}, {"rating": 10**20}, {"content": "x" * 5_001}, {"content": " \n\t "},
         {"title": "t" * 256}, {"content": {"$gt": ""}}, {"verified": False}, {"helpful": 100}, {"user_id": str(buyer)},
     ):  # fmt: skip
         answer = _review(buyer, "bodies", **body)
@@ -576,3 +631,163 @@ def test_two_concurrent_first_reviews_make_one(db: Db, stripe_api: StripeStandIn
         t.join(timeout=30)
     assert sorted((a.status, a.error_code) for a in answers) == [(201, None)] + [(409, "already_reviewed")] * 3
     assert row_count(db, "product_reviews") == 1
+
+
+# --- publish racing archive ------------------------------------------------------------------------------------
+class _PausedGateway:
+    """Stripe as the publish sees it: its reactivation reaches Stripe, then the publish waits (an archive runs
+    whole meanwhile) before it records the answer."""
+
+    def __init__(self, real: StripeGateway, called: threading.Event, go: threading.Event) -> None:
+        self._real, self._called, self._go = real, called, go
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def update_product(self, product_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        answer = self._real.update_product(product_id, fields)
+        self._called.set()
+        assert self._go.wait(timeout=30)
+        return answer
+
+
+def test_a_publish_racing_an_archive_ends_consistent_with_stripe(db: Db, stripe_api: StripeStandIn) -> None:
+    # Given a product that was published, then archived
+    admin = new_user(db, "ADMIN")
+    product = published_product(admin, slug="contested")
+    assert admin_call(admin, "POST", f"/admin/products/{product['id']}/archive").status == 200
+    called, go = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            catalogue.publish_product(
+                UnitOfWork(), Actor.user(admin, "ADMIN"), uuid.UUID(product["id"]),
+                gateway=lambda: _PausedGateway(stripe_gateway(), called, go),
+            )  # fmt: skip
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    # When a publish has reactivated it in Stripe, an archive runs whole, and only then the publish records
+    thread = threading.Thread(target=publish)
+    thread.start()
+    assert called.wait(timeout=30)
+    assert admin_call(admin, "POST", f"/admin/products/{product['id']}/archive").status == 200
+    go.set()
+    thread.join(timeout=30)
+    assert not failures
+    # And Stripe's events for both changes arrive (in either order, each once)
+    seen = state(stripe_api).products[product["provider_product_id"]]
+    assert seen["active"] is False  # the archive reached Stripe last
+    for event in (
+        {**seen, "active": True, "updated": seen["updated"] - 1},
+        {**seen},
+    ):  # fmt: skip
+        assert send_catalogue_event("product.updated", event).status == 200
+    # Then Tollgate agrees with Stripe: not sold, not listed
+    row = _product_row(product["id"])
+    assert (row.status, row.active) == ("ARCHIVED", False)
+    assert _public_slugs() == [] and api_call("GET", "/products/contested").status == 404
+
+
+def test_a_late_price_event_replayed_after_a_newer_one_does_not_reactivate(db: Db, stripe_api: StripeStandIn) -> None:
+    # Given a published price the admin deactivated, and Stripe's event of that deactivation processed
+    admin = new_user(db, "ADMIN")
+    product = published_product(admin, slug="late-price")
+    price = product["prices"][0]
+    created = dict(state(stripe_api).prices[price["provider_price_id"]])
+    assert admin_call(admin, "PATCH", f"/admin/prices/{price['id']}", {"active": False}).status == 200
+    deactivated = dict(state(stripe_api).prices[price["provider_price_id"]])
+    now = int(time.time())
+    assert send_stripe(stripe_event("price.updated", deactivated, created=now)).status == 200
+    # When the older price.created (active) is delivered late, or replayed
+    for _ in range(2):
+        assert send_stripe(stripe_event("price.created", created, created=now - 60)).status == 200
+    # Then the price stays inactive and is not sold
+    assert api_call("GET", "/products/late-price").json["prices"] == []
+
+
+def test_admin_routes_do_not_manage_stripe_mirrors(db: Db, stripe_api: StripeStandIn) -> None:
+    # Given a product and a price made in Stripe (mirrors, no slug)
+    admin = new_user(db, "ADMIN")
+    product = {"id": "prod_dashboard", "object": "product", "name": "Dashboard", "active": True, "metadata": {},
+               "updated": int(time.time())}  # fmt: skip
+    assert send_catalogue_event("product.created", product).status == 200
+    price = {"id": "price_dashboard", "object": "price", "active": True, "currency": "usd", "metadata": {},
+             "product": "prod_dashboard", "type": "one_time", "unit_amount": 100, "recurring": None}  # fmt: skip
+    assert send_catalogue_event("price.created", price).status == 200
+    with UnitOfWork() as uow:
+        ids = uow.session.execute(
+            text(
+                "SELECT p.id AS product_id, pr.id AS price_id FROM products p JOIN prices pr ON pr.product_id = p.id "
+                "WHERE p.provider_product_id = 'prod_dashboard'"
+            )
+        ).one()
+    calls = len(stripe_api.requests)
+    # When the admin routes are pointed at them, Then each is not found and Stripe is not called
+    for method, path, body in (
+        ("PATCH", f"/admin/products/{ids.product_id}", {"name": "Mine now"}),
+        ("POST", f"/admin/products/{ids.product_id}/publish", None),
+        ("POST", f"/admin/products/{ids.product_id}/archive", None),
+        ("POST", f"/admin/products/{ids.product_id}/prices", {"unit_amount": "1", "type": "one_time"}),
+        ("PATCH", f"/admin/prices/{ids.price_id}", {"unit_amount": "0.01"}),
+    ):
+        assert admin_call(admin, method, path, body).status == 404, path
+    assert len(stripe_api.requests) == calls
+    assert _public_slugs() == [] and api_call("GET", f"/products/{ids.product_id}").status == 404
+
+
+def test_keys_cannot_review_or_vote_and_a_demoted_or_suspended_admins_key_manages_nothing(
+    db: Db, stripe_api: StripeStandIn
+) -> None:
+    # Given a buyer's key with every scope a customer may hold, and an admin's key with the admin scope
+    admin = new_user(db, "ADMIN")
+    product = published_product(admin, slug="keyed")
+    buyer, author = new_user(db), new_user(db)
+    completed_order(db, buyer, product["id"])
+    completed_order(db, author, product["id"])
+    review = _review(author, "keyed").json
+    buyer_key = api_key_for(buyer, tuple(s for s in SCOPES if s != "admin"))
+    # When the key reviews or votes, Then the gateway's authorizer refuses: only a session may
+    for path, body in ((f"/products/{product['id']}/reviews", {"rating": 1, "content": "spam"}),
+                       (f"/reviews/{review['id']}/helpful", None)):  # fmt: skip
+        answer = api_call("POST", path, body=body, headers={"x-api-key": buyer_key}, through_authorizer=True)
+        assert answer.status in {401, 403}, (path, answer.json)
+    assert row_count(db, "product_reviews") == 1 and row_count(db, "review_votes") == 0
+    # When the admin is demoted, then suspended, their key reaches no admin route
+    admin_key = api_key_for(admin, ("admin",))
+    body = {"name": "X", "slug": "by-key", "type": "SERVICE", "base_price": "0"}
+    for change in ("role = 'USER'", "role = 'ADMIN', status = 'SUSPENDED'"):
+        with db() as uow:
+            uow.session.execute(text(f"UPDATE users SET {change} WHERE id = :i"), {"i": admin})
+            uow.commit()
+        for method, path, payload in (
+            ("POST", "/admin/products", body),
+            ("POST", f"/admin/products/{product['id']}/archive", None),
+            ("PATCH", f"/admin/prices/{product['prices'][0]['id']}", {"unit_amount": "0.01"}),
+        ):
+            answer = api_call(method, path, body=payload, headers={"x-api-key": admin_key}, through_authorizer=True)
+            assert answer.status in {401, 403}, (change, path, answer.json)
+    assert _public_slugs() == ["keyed"]
+    assert [p["unit_amount"] for p in api_call("GET", "/products/keyed").json["prices"]] == ["49.00"]
+
+
+def test_a_drafts_type_cannot_change_away_from_its_prices(db: Db, payments_env: None) -> None:
+    # Given a draft with a one-time price
+    admin = new_user(db, "ADMIN")
+    draft = create_product(admin, slug="typed").json
+    assert add_price(admin, draft["id"]).status == 201
+    # When it is made a SUBSCRIPTION (whose checkout needs recurring prices), Then it is refused and unchanged
+    answer = admin_call(
+        admin, "PATCH", f"/admin/products/{draft['id']}", {"type": "SUBSCRIPTION", "billing_interval": "month"}
+    )
+    assert (answer.status, answer.error_code) == (422, "validation_error"), answer.json
+    assert _product_row(draft["id"]).name == "Course"
+    with UnitOfWork() as uow:
+        assert uow.session.execute(
+            text("SELECT type FROM products WHERE id = :i"), {"i": draft["id"]}
+        ).scalar_one() == ("ONE_TIME")
+    # And a draft without prices may still change its type
+    bare = create_product(admin, slug="bare").json
+    changed = admin_call(admin, "PATCH", f"/admin/products/{bare['id']}", {"type": "SERVICE"})
+    assert changed.status == 200 and changed.json["type"] == "SERVICE"

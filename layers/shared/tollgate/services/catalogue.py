@@ -28,7 +28,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Select, delete, func, select, text
+from sqlalchemy import Select, delete, func, literal, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -413,6 +413,15 @@ def update_product(
             raise ProductNotEditable(
                 "a product's type can change only while it is a DRAFT", details={"status": product.status}
             )
+        if "type" in values and values["type"] != product.type:
+            # Its prices were checked against the old type (recurring only for a SUBSCRIPTION).
+            kinds = {p.type for p in _prices_of(s, product.id) if not p.deleted}
+            if kinds - {"recurring" if values["type"] == "SUBSCRIPTION" else "one_time"}:
+                raise ValidationFailed(
+                    "the product's prices do not fit this type: SUBSCRIPTION products take recurring prices; "
+                    "other products take one_time prices",
+                    details={"field": "type", "price_types": sorted(str(k) for k in kinds)},
+                )
         old_categories = _category_ids(s, product.id)
         old = _product_snapshot(product, old_categories)
         old_file = product.download_file_id
@@ -725,32 +734,52 @@ def update_price(
     with uow:
         s = uow.session
         row = s.execute(select(Price).where(Price.id == price_id).with_for_update()).scalar_one()
-        if row.provider_price_id != synced:
-            # Another change of this price's amount won the race: this one's Stripe price is left inactive.
-            if answer is not None and stripe is not None:
-                stripe.update_price(str(answer["id"]), {"active": False})
-            raise Conflict("the price changed meanwhile: read it and try again", details={"price_id": str(price_id)})
-        old = _price_snapshot(row)
-        if "nickname" in values:
-            row.nickname = values["nickname"]
-        if "active" in values:
-            row.active = bool(values["active"])
-        if new_amount:
-            row.unit_amount = amount
-            if answer is not None:
-                history = list((row.metadata_ or {}).get("previous_provider_price_ids") or [])
-                row.metadata_ = {**(row.metadata_ or {}), "previous_provider_price_ids": [*history, synced]}
-                row.provider_price_id = str(answer["id"])
-                row.recurring = answer.get("recurring")
-        row.updated_at = utcnow()
-        before, after = _diff(old, _price_snapshot(row))
-        if after:
-            authz.audit(
-                s, actor, action="catalogue.price_update", target_type="price", target_id=str(row.id),
-                old_values=before, new_values=after,
-            )  # fmt: skip
-        uow.commit()
+        # The same change sent twice at once gets the same Stripe price back (the same idempotency key and
+        # amount): the one recorded second finds it done already.
+        already = answer is not None and row.provider_price_id == str(answer["id"])
+        winner = row.provider_price_id
+        lost = row.provider_price_id != synced and not already
+        if not lost:
+            _record_price_change(s, actor, row, values, amount if new_amount and not already else None, synced, answer)
+            uow.commit()
+    if lost:
+        # Another change of this price's amount won the race: this one's Stripe price is left inactive - after the
+        # row lock is let go, and never the winner's own Stripe price.
+        if answer is not None and stripe is not None and str(answer["id"]) != winner:
+            stripe.update_price(str(answer["id"]), {"active": False})
+        raise Conflict("the price changed meanwhile: read it and try again", details={"price_id": str(price_id)})
     return row
+
+
+def _record_price_change(
+    s: Session,
+    actor: Actor,
+    row: Price,
+    values: Mapping[str, Any],
+    amount: Decimal | None,
+    synced: str | None,
+    answer: Mapping[str, Any] | None,
+) -> None:
+    """The price as changed (`amount`: a new amount, None when it stays), audited with old and new values."""
+    old = _price_snapshot(row)
+    if "nickname" in values:
+        row.nickname = values["nickname"]
+    if "active" in values:
+        row.active = bool(values["active"])
+    if amount is not None:
+        row.unit_amount = amount
+        if answer is not None:
+            history = list((row.metadata_ or {}).get("previous_provider_price_ids") or [])
+            row.metadata_ = {**(row.metadata_ or {}), "previous_provider_price_ids": [*history, synced]}
+            row.provider_price_id = str(answer["id"])
+            row.recurring = answer.get("recurring")
+    row.updated_at = utcnow()
+    before, after = _diff(old, _price_snapshot(row))
+    if after:
+        authz.audit(
+            s, actor, action="catalogue.price_update", target_type="price", target_id=str(row.id),
+            old_values=before, new_values=after,
+        )  # fmt: skip
 
 
 # --- categories -----------------------------------------------------------------------------------------------
@@ -781,6 +810,27 @@ def _check_parent(session: Session, category_id: uuid.UUID | None, parent_id: uu
             "a category cannot move under itself or its descendants",
             details={"category_id": str(category_id), "parent_id": str(parent_id)},
         )
+    levels = len(_ancestors_of(session, parent_id)) + (_height(session, category_id) if category_id else 1)
+    if levels > MAX_DEPTH:
+        raise _invalid(
+            f"the category tree is at most {MAX_DEPTH} levels deep", "parent_id", levels=levels, limit=MAX_DEPTH
+        )
+
+
+def _height(session: Session, top: uuid.UUID) -> int:
+    """How many levels the subtree under `top` spans, `top` included (counted no further than the bound)."""
+    down = (
+        select(ProductCategory.id, literal(1).label("level"))
+        .where(ProductCategory.id == top)
+        .cte("subtree", recursive=True)
+    )
+    child = ProductCategory.__table__.alias("child")
+    down = down.union_all(
+        select(child.c.id, (down.c.level + 1).label("level"))
+        .join(down, child.c.parent_id == down.c.id)
+        .where(down.c.level <= MAX_DEPTH)
+    )
+    return int(session.execute(select(func.max(down.c.level))).scalar_one() or 1)
 
 
 def _category_snapshot(category: ProductCategory) -> dict[str, Any]:
@@ -797,9 +847,10 @@ def create_category(uow: UnitOfWork, actor: Actor, fields: Mapping[str, Any]) ->
             if value is not None:
                 setattr(category, key, value)
         _check_slug(category.slug)
-        if category.parent_id is not None:
-            _lock_tree(s)
-            _check_parent(s, None, category.parent_id)
+        _lock_tree(s)  # the count and the parent's depth hold until this commits
+        if s.execute(select(func.count()).select_from(ProductCategory)).scalar_one() >= MAX_CATEGORIES:
+            raise _invalid(f"there are at most {MAX_CATEGORIES} categories", "categories", limit=MAX_CATEGORIES)
+        _check_parent(s, None, category.parent_id)
         s.add(category)
         _flush_slug(s, category.slug, "uq_product_categories_slug")
         authz.audit(
@@ -863,7 +914,7 @@ def category_tree(uow: UnitOfWork) -> list[CategoryNode]:
         children.setdefault(row.parent_id if row.parent_id in known else None, []).append(row)
 
     def build(parent: uuid.UUID | None, depth: int) -> list[CategoryNode]:
-        if depth > len(rows):  # defensive: a cycle written around the service stops here
+        if depth >= MAX_DEPTH:  # defensive: a deeper tree or a cycle written around the service stops here
             return []
         return [CategoryNode(c, build(c.id, depth + 1)) for c in children.get(parent, [])]
 

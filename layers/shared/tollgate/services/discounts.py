@@ -92,11 +92,16 @@ def apply(
     currency: str,
     lines: Sequence[PricedLine],
     now: datetime,
+    recurring: bool = False,
 ) -> Applied:
     """What `discount` takes off `lines` for `user_id` now, or DiscountInvalid with the reason. Call it under the
     discount's row lock when the use is to be reserved: the limits it reads are then the ones that hold."""
     if not discount.active:
         raise _invalid("inactive", "this discount is not active")
+    # The discount is taken off the line prices Stripe charges; on a subscription those prices recur every
+    # period, so one use would discount every renewal for ever. Codes apply to one-time carts only.
+    if recurring:
+        raise _invalid("recurring_cart", "discount codes apply to one-time purchases, not subscriptions")
     if discount.valid_from is not None and now < discount.valid_from:
         raise _invalid("not_started", "this discount is not valid yet", valid_from=discount.valid_from.isoformat())
     if discount.valid_until is not None and now >= discount.valid_until:
@@ -121,7 +126,19 @@ def apply(
         paid_before = session.execute(
             select(Order.id).where(Order.user_id == user_id, Order.paid_at.is_not(None)).limit(1)
         ).first()
-        if paid_before is not None:
+        # An open checkout of this buyer already holding a first-order discount counts too: otherwise every
+        # checkout opened before the first payment would be "a first order" (the buyer's row lock orders them).
+        open_first = session.execute(
+            select(DiscountUsage.id)
+            .join(Discount, Discount.id == DiscountUsage.discount_id)
+            .where(
+                DiscountUsage.user_id == user_id,
+                DiscountUsage.status == "reserved",
+                Discount.first_time_only.is_(True),
+            )
+            .limit(1)
+        ).first()
+        if paid_before is not None or open_first is not None:
             raise _invalid("first_time_only", "this discount is for a first order only")
     subtotal = sum((line.subtotal for line in lines), Decimal(0))
     if discount.minimum_amount is not None and subtotal < discount.minimum_amount:
@@ -222,8 +239,9 @@ def validate(uow: UnitOfWork, user_id: uuid.UUID, *, code: str, items: Sequence[
             return Verdict(False, Decimal(0), "unknown_code")
         try:
             applied = apply(
-                uow.session, discount, user_id=user_id, currency=cart.currency, lines=cart.priced_lines(), now=utcnow()
-            )
+                uow.session, discount, user_id=user_id, currency=cart.currency, lines=cart.priced_lines(),
+                now=utcnow(), recurring=cart.recurring,
+            )  # fmt: skip
         except DiscountInvalid as exc:
             details = exc.details if isinstance(exc.details, dict) else {}
             return Verdict(False, Decimal(0), str(details.get("reason")), details)

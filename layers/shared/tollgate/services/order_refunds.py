@@ -141,6 +141,8 @@ def settle(
     """Move `refund` (of `order`, both locked) out of PENDING per Stripe's status, once. Returns the new status, or
     None when nothing moved (still pending, or already settled: a replay or an older event)."""
     new = STATUS_FROM_STRIPE.get(str(stripe_status or ""))
+    if new == "FAILED" and refund.status == "SUCCEEDED":
+        return _failed_after_success(session, order, refund, now, failure)
     if new is None or refund.status != "PENDING":
         return None
     order.refund_pending_amount -= refund.amount
@@ -240,6 +242,26 @@ def resolve_unanswered(session: Session, order: Order, listed: list[dict[str, An
         settle(session, order, refund, str(obj.get("status") or ""), now, failure=str(failure) if failure else None)
         moved.append(str(refund.id))
     return moved
+
+
+def _failed_after_success(session: Session, order: Order, refund: Refund, now: datetime, failure: str | None) -> str:
+    """Stripe can fail a refund after it succeeded (the card was closed: the money went back to the balance). Failed
+    is final at Stripe, so this is never an older event: the amount leaves `refunded_amount` again, an order that
+    drops below its total is COMPLETED again and its items' access (only a full refund revokes it) comes back.
+    Without it the order would stay refunded, and a refund re-issued in the dashboard would never fit."""
+    order.refunded_amount -= refund.amount
+    refund.status = "FAILED"
+    refund.processed_at = now
+    refund.metadata_ = {**refund.metadata_, "failed_after_success": True, **({"failure_reason": failure} if failure
+                                                                             else {})}  # fmt: skip
+    if order.status == "REFUNDED" and order.refunded_amount < order.total_amount:
+        order.status, order.payment_status = "COMPLETED", "SUCCEEDED"
+        session.execute(
+            update(OrderItem)
+            .where(OrderItem.order_id == order.id, OrderItem.access_revoked_at.is_not(None))
+            .values(access_revoked_at=None)
+        )
+    return "FAILED"
 
 
 # --- POST /admin/orders/{order_id}/refunds ----------------------------------------------------------------------
@@ -369,12 +391,14 @@ def _record(uow: UnitOfWork, reserved: _Reserved, answer: adapters.RefundAnswer,
         order = lock_order(session, reserved.order_id)
         refund = session.get(Refund, reserved.refund_id, with_for_update=True, populate_existing=True)
         assert order is not None and refund is not None
-        if answer.refused:
+        if refund.provider_refund_id not in (None, answer.refund_id):
+            # A webhook tied the row to another Stripe refund meanwhile: that refund's events settle it, and this
+            # answer's refund (if one was made) arrives by its own events, counted as a refund of the charge.
+            pass
+        elif answer.refused:
             refund.metadata_ = {**refund.metadata_, "refused": {"code": answer.refused_code, "message": answer.message}}
             settle(session, order, refund, "failed", now, failure=answer.refused_code)
-        elif refund.provider_refund_id in (None, answer.refund_id):
-            # (A row already tied to another Stripe refund by a webhook is settled by that refund's events; this
-            # answer's refund then arrives by its own events and is counted as a refund of the charge.)
+        else:
             refund.provider_refund_id = answer.refund_id
             failure = (answer.raw or {}).get("failure_reason")
             settle(session, order, refund, answer.status, now, failure=str(failure) if failure else None)

@@ -122,6 +122,13 @@ def price_cart(session: Session, items: Sequence[tuple[uuid.UUID, int]]) -> Cart
             raise InvalidCart(
                 "this product is not for sale", details={"reason": "unpublished_product", "price_id": str(price_id)}
             )
+        try:  # a price finer than its currency's unit (a row not written through the catalogue) cannot be charged
+            to_minor(price.unit_amount, price.currency)
+        except ValueError:
+            raise InvalidCart(
+                "a price does not fit its currency's minor unit",
+                details={"reason": "amount", "price_id": str(price_id)},
+            ) from None
         lines.append(CartLine(price, product, quantity))
     currencies = {line.price.currency.lower() for line in lines}
     if len(currencies) != 1:
@@ -259,7 +266,7 @@ def checkout(
             uow.commit()
         else:
             target = earlier  # its session was never recorded: ask Stripe again, with this transaction over
-    return _open_session(uow, *target)
+    return _open_session(uow, *target, owner=earlier is None)
 
 
 Target = tuple[uuid.UUID, adapters.OrderCheckoutRequest]
@@ -306,8 +313,9 @@ def _create(
         if discount is None:
             raise DiscountInvalid("no such discount code", details={"reason": "unknown_code", "code": discount_code})
         applied = discounts.apply(
-            session, discount, user_id=user.id, currency=cart.currency, lines=cart.priced_lines(), now=now
-        )
+            session, discount, user_id=user.id, currency=cart.currency, lines=cart.priced_lines(), now=now,
+            recurring=cart.recurring,
+        )  # fmt: skip
     amounts = item_amounts(cart, applied)
     order = Order(
         id=new_id(),
@@ -392,20 +400,34 @@ def _request(
     )  # fmt: skip
 
 
-def _open_session(uow: UnitOfWork, order_id: uuid.UUID, request: adapters.OrderCheckoutRequest) -> CheckoutResult:
-    """Ask Stripe for the session (no transaction open), then record it; a failure releases the order."""
+def _open_session(
+    uow: UnitOfWork, order_id: uuid.UUID, request: adapters.OrderCheckoutRequest, *, owner: bool = True
+) -> CheckoutResult:
+    """Ask Stripe for the session (no transaction open), then record it. A failure of the request that created
+    the order releases it; a failed retry (`owner` False: the same Idempotency-Key while the first request may
+    still be at Stripe, which answers it 409) leaves it to that request or to the sweep. A session Stripe made
+    for an order released meanwhile is recorded (a stray payment is then flagged for a refund), never handed out."""
     try:
         created = adapters.stripe_gateway().create_order_checkout(request)
     except Exception:
-        with uow:
-            order = uow.session.get(Order, order_id, with_for_update=True)
-            if order is not None and order.status == "PENDING" and order.provider_checkout_id is None:
-                release(uow.session, order, payment_status="CANCELLED", reason="checkout_failed")
-                uow.commit()
+        if owner:
+            with uow:
+                order = uow.session.get(Order, order_id, with_for_update=True)
+                if order is not None and order.status == "PENDING" and order.provider_checkout_id is None:
+                    release(uow.session, order, payment_status="CANCELLED", reason="checkout_failed")
+                    uow.commit()
         raise
     with uow:
         order = uow.session.get(Order, order_id, with_for_update=True)
         assert order is not None
+        if order.status != "PENDING":
+            order.provider_checkout_id = order.provider_checkout_id or created.id
+            status = order.status
+            uow.commit()
+            raise IdempotencyConflict(
+                "this checkout was released while its payment page was being opened: start a new one",
+                details={"order_id": str(order_id), "status": status},
+            )
         order.provider_checkout_id = created.id
         order.checkout_url = created.url
         number = order.order_number

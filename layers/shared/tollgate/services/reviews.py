@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from tollgate.db import UnitOfWork
 from tollgate.errors import AlreadyReviewed, NotABuyer, OwnReview, ReviewNotFound, ValidationFailed
 from tollgate.models.commerce import Order, OrderItem, ProductReview, ReviewVote
+from tollgate.models.payments import Product
 from tollgate.pagination import Page, keyset_page
 from tollgate.services.catalogue import published_product
 
@@ -104,7 +105,12 @@ def vote_helpful(uow: UnitOfWork, user_id: uuid.UUID, review_id: uuid.UUID) -> H
     """One helpful vote per user: a second one answers the count unchanged (counted=False)."""
     with uow:
         s = uow.session
-        review = s.execute(select(ProductReview).where(ProductReview.id == review_id)).scalar_one_or_none()
+        # Only a review of a published product is there to vote on (the others are not shown anywhere).
+        review = s.execute(
+            select(ProductReview)
+            .join(Product, Product.id == ProductReview.product_id)
+            .where(ProductReview.id == review_id, Product.status == "PUBLISHED", Product.slug.is_not(None))
+        ).scalar_one_or_none()
         if review is None:
             raise ReviewNotFound("no such review", details={"review_id": str(review_id)})
         if review.user_id == user_id:

@@ -121,6 +121,19 @@ def _owned(ctx: Ctx, price: Price) -> bool:
     return product is not None and product.slug is not None
 
 
+def _for_a_tollgate_product(ctx: Ctx, obj: dict[str, Any]) -> bool:
+    product_ref = object_id(obj.get("product"))
+    if product_ref:
+        product = ctx.session.execute(
+            select(Product).where(Product.provider == PROVIDER, Product.provider_product_id == product_ref)
+        ).scalar_one_or_none()
+        if product is not None and product.slug is not None:
+            return True
+    ours = as_uuid(metadata_of(obj).get("tollgate_product_id"))
+    named = ctx.session.get(Product, ours) if ours is not None else None
+    return named is not None and named.slug is not None
+
+
 def price_event(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
     price_id = str(obj["id"])
     row = ctx.session.execute(
@@ -143,6 +156,10 @@ def price_event(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome
         row.active, row.deleted = active, deleted
         row.provider_updated_at = moment
         return Outcome.done(price=price_id, applied=changed, tollgate_price_id=str(row.id))
+    if _for_a_tollgate_product(ctx, obj):
+        # Tollgate's products are sold only at the prices Tollgate made (checked and audited there): one added in
+        # Stripe, left there by a creation whose answer was lost, or a mirror said to belong to one, never is.
+        return Outcome.done(price=price_id, applied=False, reason="not a Tollgate price of a Tollgate product")
     currency = str(obj.get("currency") or "usd").lower()
     if row is None:
         row = Price(provider=PROVIDER, provider_price_id=price_id, currency=currency)

@@ -192,6 +192,7 @@ def async_payment_failed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -
     if purchase is None or purchase.status != "pending":
         return Outcome.ignored("no pending purchase for this session")
     purchase.status = "expired" if event.get("type") == "checkout.session.expired" else "failed"
+    stripe_order_events.pack_closed(ctx, purchase)  # its order is not left PENDING
     return Outcome.done(purchase_id=str(purchase.id), status=purchase.status)
 
 

@@ -18,7 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import select
+
 from tollgate.models.commerce import Order
+from tollgate.models.payments import Purchase
 from tollgate.payments.money import to_minor
 from tollgate.services import orders
 from tollgate.services.payment_events.handling import (
@@ -149,6 +152,20 @@ def closed(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
         now=ctx.now,
     )
     return Outcome.done(order_id=str(order.id), status=order.status, payment_status=order.payment_status)
+
+
+def pack_closed(ctx: Ctx, purchase: Purchase) -> None:
+    """A pending pack purchase that will never be paid (its session expired or its delayed payment failed): its
+    one-item order is CANCELLED with it (nothing was granted, nothing is held)."""
+    order = ctx.session.execute(
+        select(Order).where(Order.purchase_id == purchase.id).with_for_update()
+    ).scalar_one_or_none()
+    if order is not None and order.status == "PENDING":
+        failed = purchase.status == "failed"
+        orders.release(
+            ctx.session, order, payment_status="FAILED" if failed else "CANCELLED",
+            reason="payment_failed" if failed else "checkout_expired", now=ctx.now,
+        )  # fmt: skip
 
 
 def plan_checkout(ctx: Ctx, obj: dict[str, Any], user_id: Any, subscription_id: Any) -> None:

@@ -7,10 +7,13 @@
   charge that paid an order. The purchase's own claw-back (stripe_events.charge_refunded) runs first and alone
   moves a pack's credits; this module only moves the order's money and status.
 
-A refund is ours when its `metadata.tollgate_refund_id` names a row (found even before our row has its Stripe id:
-the webhook may beat the admin call's answer) or its Stripe id is recorded. A refund made elsewhere (the Stripe
-dashboard) of a charge that paid an order is recorded as it stands and counted; if it does not fit beside refunds
-still in flight, the event waits (rolled back, retried by Stripe) until they settle.
+A refund is ours when its Stripe id is recorded, or when its `metadata.tollgate_refund_id` names a row still
+awaiting its Stripe id (the webhook may beat the admin call's answer) and it is of that row's order's charge, for
+the row's amount: metadata alone is only a claim. Any other refund of a charge that paid an order (the Stripe
+dashboard, a twin) is recorded as it stands and counted; if it does not fit beside refunds still in flight, the
+event waits (rolled back, retried by Stripe) until they settle, and refunds of ours long unanswered are settled
+from Stripe's list of the charge's refunds (`prefetch`, `order_refunds.resolve_unanswered`) so it never waits
+for ever; with nothing in flight, what does not fit is recorded as the refund's overlap.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from tollgate.db import UnitOfWork
 from tollgate.db.base import new_id, utcnow
 from tollgate.models.commerce import Order
 from tollgate.models.payments import Refund
+from tollgate.observability import logger
 from tollgate.payments import adapters
 from tollgate.payments.money import to_major, to_minor
 from tollgate.services import order_refunds
@@ -143,7 +147,7 @@ def apply_refund(
     # Another delivery of this refund (refund.created beside charge.refunded) may have recorded it while this one
     # waited for the order's lock: settle that row rather than record the refund twice.
     again = _recorded(session, stripe_id)
-    if False and again is not None and again.order_id == order.id:
+    if again is not None and again.order_id == order.id:
         session.refresh(again, with_for_update=True)
         moved = order_refunds.settle(session, order, again, status, ctx.now, failure=failure)
         return _detail(order, again, moved)
@@ -165,10 +169,21 @@ def _external(ctx: Ctx, order: Order, obj: dict[str, Any], status: str, failure:
     currency = str(obj.get("currency") or order.currency).lower()
     amount = to_major(obj.get("amount"), currency)
     failed = order_refunds.STATUS_FROM_STRIPE.get(status) in {"FAILED", "CANCELED"}
-    if not failed and amount > order_refunds.refundable(order):
-        # Refunds of ours still in flight hold the room; once Stripe settles them this one fits (Stripe never
-        # refunds more than the charge), so let Stripe retry.
-        raise NotYetApplicable("a refund made in Stripe does not fit beside refunds still in flight")
+    room = order_refunds.refundable(order)
+    meta: dict[str, Any] = {"source": "stripe", "stripe_metadata": metadata_of(obj)}
+    if not failed and amount > room:
+        if order.refund_pending_amount > 0:
+            # Refunds of ours still in flight hold the room; once Stripe settles them this one fits (Stripe never
+            # refunds more than the charge), so let Stripe retry.
+            raise NotYetApplicable("a refund made in Stripe does not fit beside refunds still in flight")
+        # Nothing in flight will ever make room, so waiting would fail the event until Stripe disables the endpoint:
+        # the money moved all the same, so count what fits and keep the rest on the row for someone to look at.
+        meta |= {"stripe_amount": str(amount), "uncounted": str(amount - room)}
+        logger.warning(
+            "a refund made in Stripe passes what the order has left",
+            extra={"order_id": str(order.id), "refund": obj.get("id"), "uncounted": str(amount - room)},
+        )
+        amount = room
     refund = Refund(
         id=new_id(),
         provider=PROVIDER,
@@ -181,7 +196,7 @@ def _external(ctx: Ctx, order: Order, obj: dict[str, Any], status: str, failure:
         reason=text_or_none(obj.get("reason")),
         status="PENDING",
         notes="made in Stripe",
-        metadata_={"source": "stripe", "stripe_metadata": metadata_of(obj)},
+        metadata_=meta,
     )
     session = ctx.session
     session.add(refund)
