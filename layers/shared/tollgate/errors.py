@@ -517,12 +517,6 @@ class OwnReview(Forbidden):
 
 
 # --- order refunds and digital downloads (issue 13) -------------------------------------------------------------
-class RefundOrderNotFound(NotFound):
-    """The order to refund does not exist."""
-
-    code = "order_not_found"
-
-
 class OrderNotRefundable(Conflict):
     """The order cannot be refunded through Tollgate (not completed, not paid through Stripe); `details` say why."""
 

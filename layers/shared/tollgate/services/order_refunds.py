@@ -33,9 +33,9 @@ from tollgate.db import UnitOfWork
 from tollgate.db.base import new_id, utcnow
 from tollgate.errors import (
     IdempotencyConflict,
+    OrderNotFound,
     OrderNotRefundable,
     RefundExceedsPayment,
-    RefundOrderNotFound,
     ValidationFailed,
 )
 from tollgate.models.commerce import Order, OrderItem
@@ -320,7 +320,7 @@ def _reserve(
         session = uow.session
         order = lock_order(session, order_id)
         if order is None:
-            raise RefundOrderNotFound("no such order", details={"order_id": str(order_id)})
+            raise OrderNotFound("no such order", details={"order_id": str(order_id)})
         if idempotency_key:
             replay = _replayed(session, order, idempotency_key, fingerprint)
             if replay is not None:
