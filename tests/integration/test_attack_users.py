@@ -25,8 +25,10 @@ from tests.payments_support import Catalogue, catalogue, payments_env, send_cler
 from tests.support import api_call, make_user
 from tollgate import ledger
 from tollgate.auth import passwords
+from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
 from tollgate.db.base import utcnow
+from tollgate.db.engine import build_engine, build_session_factory
 from tollgate.errors import AccountDisabled, InvalidCredentials
 from tollgate.models import User
 from tollgate.models.support import SupportTicket, TicketMessage
@@ -271,10 +273,14 @@ def test_a_sign_in_racing_a_suspension_or_an_erasure_gets_no_session(
     with db() as uow:
         customer_id = uow.session.execute(select(User.id).where(func.lower(User.email) == email)).scalar_one()
     outcome: list[object] = []
+    # The sign-in runs as another container would: its own engine, built from the same settings. (One process
+    # shares one pool; with the template's pool of one the paused sign-in would hold the admin's connection.)
+    container = build_engine(get_settings())
 
     def sign_in() -> None:
         try:
-            outcome.append(identity.login(UnitOfWork(), email, PASSWORD, identity.ClientInfo("198.51.100.7", "ua")))
+            uow = UnitOfWork(build_session_factory(container))
+            outcome.append(identity.login(uow, email, PASSWORD, identity.ClientInfo("198.51.100.7", "ua")))
         except Exception as exc:
             outcome.append(exc)
 
@@ -290,6 +296,7 @@ def test_a_sign_in_racing_a_suspension_or_an_erasure_gets_no_session(
     assert response.status == 200, response.json
     release.set()
     racer.join(30)
+    container.dispose()
     # Then the sign-in is refused and no session row was written after the change (none kept the IP either)
     assert len(outcome) == 1 and isinstance(outcome[0], AccountDisabled | InvalidCredentials), outcome
     assert _count(db, "SELECT count(*) FROM sessions WHERE user_id = :u AND revoked_at IS NULL", u=customer_id) == 0
