@@ -4,7 +4,10 @@ database (as a paid Stripe order holds them), and refund/charge events in the cu
 Stand-in routes (Stripe's wire format at the pinned version): `POST /v1/refunds` (form-encoded: amount,
 payment_intent or charge, reason, metadata[...]; an Idempotency-Key answers its first answer again, with other
 parameters 400 idempotency_error; more than the charge has left is 400 `charge_already_refunded` /
-`amount_too_large`), and `GET /v1/refunds?charge=` (a list, newest first).
+`amount_too_large`), `GET /v1/refunds?charge=` (a list, newest first) and `GET /v1/refunds/{id}` (one refund as
+it stands now; an unknown id is 404 `resource_missing`). `fail_refund` fails a refund as Stripe does after it
+succeeded (the card was closed): status failed, a failure_reason, and the amount no longer counted as refunded on
+its charge.
 """
 
 from __future__ import annotations
@@ -114,9 +117,28 @@ def _create(standin: StripeStandIn, rec: Recorded) -> tuple[int, Any, str]:
         return status, answer, ctype
 
 
+def fail_refund(standin: StripeStandIn, refund_id: str, reason: str = "expired_or_canceled_card") -> dict[str, Any]:
+    """Stripe failing `refund_id` (possibly after it succeeded): the money is back on the account's balance."""
+    refunds = book(standin)
+    with refunds.lock:
+        refund = refunds.refunds[refund_id]
+        charge = next(c for c in refunds.charges.values() if c.id == refund["charge"])
+        if refund["status"] not in {"failed", "canceled"}:
+            charge.refunded -= int(refund["amount"])
+        refund.update(status="failed", failure_reason=reason,
+                      failure_balance_transaction=f"txn_{uuid.uuid4().hex[:24]}")  # fmt: skip
+        return copy.deepcopy(refund)
+
+
 def refund_routes(standin: StripeStandIn, rec: Recorded, path: str) -> tuple[int, Any, str] | None:
     if rec.method == "POST" and path == "/v1/refunds":
         return _create(standin, rec)
+    if rec.method == "GET" and path.startswith("/v1/refunds/"):
+        refund_id = path.removeprefix("/v1/refunds/")
+        found = book(standin).refunds.get(refund_id)
+        if found is None:
+            return _error(404, "resource_missing", f"No such refund: '{refund_id}'")
+        return 200, copy.deepcopy(found), JSON
     if rec.method == "GET" and path == "/v1/refunds":
         query = dict(parse_qsl(urlsplit(rec.path).query))
         listed = [r for r in book(standin).refunds.values() if r["charge"] == query.get("charge")]

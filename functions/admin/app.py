@@ -1,6 +1,7 @@
 """User management and GDPR (API.md "Back office"): staff search and read users; admins change role and status,
-export a user's data and erase a user. Each route validates its input, calls one service function, returns a
-model; the services decide who may (services/user_admin.py, services/gdpr.py)."""
+export a user's data, erase a user, and take an address off the email suppression list. Each route validates its
+input, calls one service function, returns a model; the services decide who may (services/user_admin.py,
+services/gdpr.py, services/email_suppressions.py)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,25 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
 from tollgate.db import UnitOfWork
 from tollgate.http.api import create_app, current_actor
 from tollgate.http.edge import Cursor, Limit, OptionalTimestampQuery, StrictBody, documented_errors
-from tollgate.models.users import User
 from tollgate.observability import logger, metrics, tracer
-from tollgate.services import gdpr, user_admin
+from tollgate.services import email_suppressions, gdpr, user_admin
 from tollgate.storage import get_storage
 
 app = create_app("admin")
 
 SearchText = Annotated[str | None, Query(min_length=1, max_length=user_admin.MAX_QUERY)]
 Word = Annotated[str | None, Query(max_length=32)]
+EmailQuery = Annotated[str | None, Query(min_length=1, max_length=email_suppressions.MAX_EMAIL)]
+EmailPath = Annotated[str, Path(min_length=1, max_length=email_suppressions.MAX_EMAIL)]
 
 
 def _str(value: Decimal) -> str:
@@ -49,6 +52,8 @@ class UserPatch(StrictBody):
 
 # --- answers --------------------------------------------------------------------------------------------------
 class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read from the service's UserView (ProfileOut: ProfileView)
+
     id: uuid.UUID
     email: str
     name: str | None
@@ -92,11 +97,15 @@ class BalanceOut(BaseModel):
 
 
 class PlanOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read from the service's PlanView
+
     tier: str
     name: str | None
 
 
 class SubscriptionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read from the service's SubscriptionView
+
     id: uuid.UUID
     provider: str
     status: str
@@ -146,55 +155,41 @@ class ExportOut(BaseModel):
     truncated: list[str]
 
 
+class ExportLinkOut(BaseModel):
+    """An export too large for one response: the same JSON, stored, behind a short-lived download URL."""
+
+    user_id: uuid.UUID
+    generated_at: datetime
+    truncated: list[str]
+    download_url: str
+    expires_at: datetime
+    bytes: int
+
+
+class SuppressionOut(BaseModel):
+    email: str
+    reason: str
+    mail_event_id: uuid.UUID | None
+    created_at: datetime
+
+
+class SuppressionPageOut(BaseModel):
+    items: list[SuppressionOut]
+    next_cursor: str | None
+
+
 class EraseOut(BaseModel):
     user_id: uuid.UUID
     erased_at: datetime
     already_erased: bool
     removed: dict[str, int]
     files_removed: int
-
-
-def _user_fields(user: User) -> dict[str, Any]:
-    return {
-        "id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "username": user.username,
-        "role": user.role,
-        "status": user.status,
-        "tier": user.tier,
-        "email_verified": user.email_verified,
-        "two_factor_enabled": user.two_factor_enabled,
-        "erased": user_admin.is_erased(user),
-        "created_at": user.created_at,
-        "last_login_at": user.last_login_at,
-        "deleted_at": user.deleted_at,
-    }
-
-
-def _user_out(user: User) -> UserOut:
-    return UserOut(**_user_fields(user))
-
-
-def _profile_out(user: User) -> ProfileOut:
-    return ProfileOut(
-        **_user_fields(user),
-        image=user.image,
-        timezone=user.timezone,
-        language=user.language,
-        clerk_id=user.clerk_id,
-        stripe_customer_id=user.stripe_customer_id,
-        trial_started_at=user.trial_started_at,
-        trial_ends_at=user.trial_ends_at,
-        trial_used=user.trial_used,
-        downgrade_count=user.downgrade_count,
-        last_plan_change_at=user.last_plan_change_at,
-        updated_at=user.updated_at,
-    )
+    exports_removed: int
 
 
 def _detail_out(detail: user_admin.UserDetail) -> UserDetailOut:
-    account, sub = detail.account, detail.subscription
+    # Amounts leave as decimal strings, so these lines are spelled out; the rest is read from the views.
+    account = detail.account
     balance = None
     if account is not None:
         balance = BalanceOut(
@@ -203,18 +198,6 @@ def _detail_out(detail: user_admin.UserDetail) -> UserDetailOut:
             debt=_str(account.debt),
             floor=_str(account.floor),
             bonus_auto_use=account.bonus_auto_use,
-        )
-    subscription = None
-    if sub is not None:
-        subscription = SubscriptionOut(
-            id=sub.id,
-            provider=sub.provider,
-            status=sub.status,
-            tier=sub.tier,
-            interval=sub.interval,
-            current_period_end=sub.current_period_end,
-            cancel_at_period_end=sub.cancel_at_period_end,
-            created_at=sub.created_at,
         )
     orders = [
         OrderLineOut(
@@ -242,10 +225,10 @@ def _detail_out(detail: user_admin.UserDetail) -> UserDetailOut:
         for p in detail.purchases
     ]
     return UserDetailOut(
-        profile=_profile_out(detail.user),
+        profile=ProfileOut.model_validate(detail.profile),
         balance=balance,
-        plan=PlanOut(tier=detail.user.tier, name=detail.plan.name if detail.plan else None),
-        subscription=subscription,
+        plan=PlanOut.model_validate(detail.plan),
+        subscription=SubscriptionOut.model_validate(detail.subscription) if detail.subscription is not None else None,
         recent_orders=orders,
         recent_purchases=purchases,
         open_tickets=detail.open_tickets,
@@ -272,7 +255,7 @@ def list_users(
         q=q, status=status, role=role, tier=tier, created_since=created_since, created_until=created_until
     )
     page = user_admin.list_users(UnitOfWork(), current_actor(app), filters, cursor=cursor, limit=limit)
-    return UserPageOut(items=[_user_out(u) for u in page.items], next_cursor=page.next_cursor)
+    return UserPageOut(items=[UserOut.model_validate(u) for u in page.items], next_cursor=page.next_cursor)
 
 
 @app.get(
@@ -298,16 +281,33 @@ def get_user(user_id: uuid.UUID) -> UserDetailOut:
 )
 def update_user(user_id: uuid.UUID, body: UserPatch) -> UserOut:
     user = user_admin.update_user(UnitOfWork(), current_actor(app), user_id, role=body.role, status=body.status)
-    return _user_out(user)
+    return UserOut.model_validate(user)
 
 
 @app.post(
     "/admin/users/<user_id>/export",
-    summary="GDPR export: everything kept about the user, as JSON (no secrets or hashes)",
-    responses=documented_errors({403: "forbidden (ADMIN)", 404: "user_not_found"}),
+    summary="GDPR export: everything kept about the user, as JSON (no secrets or hashes); a large one as a "
+    "short-lived download URL of that JSON",
+    responses=documented_errors(
+        {
+            403: "forbidden (ADMIN)",
+            404: "user_not_found",
+            409: "user_erased (erased while a large export was being stored)",
+            503: "storage_unavailable",
+        }
+    ),
 )
-def export_user(user_id: uuid.UUID) -> ExportOut:
-    found = gdpr.export_user(UnitOfWork(), current_actor(app), user_id)
+def export_user(user_id: uuid.UUID) -> ExportOut | ExportLinkOut:
+    found = gdpr.export_user(UnitOfWork(), get_storage(), current_actor(app), user_id)
+    if isinstance(found, gdpr.StoredExport):
+        return ExportLinkOut(
+            user_id=found.user_id,
+            generated_at=found.generated_at,
+            truncated=found.truncated,
+            download_url=found.download_url,
+            expires_at=found.expires_at,
+            bytes=found.bytes,
+        )
     return ExportOut(
         user_id=found.user_id,
         generated_at=found.generated_at,
@@ -336,7 +336,40 @@ def erase_user(user_id: uuid.UUID) -> EraseOut:
         already_erased=done.already_erased,
         removed=done.removed,
         files_removed=done.files_removed,
+        exports_removed=done.exports_removed,
     )
+
+
+def _suppression_out(found: email_suppressions.Suppression) -> SuppressionOut:
+    return SuppressionOut(
+        email=found.email, reason=found.reason, mail_event_id=found.mail_event_id, created_at=found.created_at
+    )
+
+
+@app.get(
+    "/admin/email-suppressions",
+    summary="Addresses that get only essential mail (bounced for good or complained), in address order",
+    responses=documented_errors({403: "forbidden (ADMIN)", 422: "validation_failed"}),
+)
+def list_email_suppressions(
+    email: EmailQuery = None, reason: Word = None, cursor: Cursor = None, limit: Limit = 20
+) -> SuppressionPageOut:
+    page = email_suppressions.list_suppressions(
+        UnitOfWork(), current_actor(app), email=email, reason=reason, cursor=cursor, limit=limit
+    )
+    return SuppressionPageOut(items=[_suppression_out(s) for s in page.items], next_cursor=page.next_cursor)
+
+
+@app.delete(
+    "/admin/email-suppressions/<email>",
+    summary="Take an address off the suppression list: it gets every kind of mail again (audited)",
+    responses=documented_errors(
+        {403: "forbidden (ADMIN)", 404: "email_suppression_not_found", 422: "validation_failed"}, success=204
+    ),
+)
+def remove_email_suppression(email: EmailPath) -> Response[str]:
+    email_suppressions.remove_suppression(UnitOfWork(), current_actor(app), email)
+    return Response(status_code=204, body="")
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

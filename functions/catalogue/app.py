@@ -12,14 +12,12 @@ from typing import Annotated, Any, Literal
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, Field, StrictInt, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 from tollgate.db import UnitOfWork
 from tollgate.errors import ValidationFailed
 from tollgate.http.api import create_app, current_actor, current_principal
 from tollgate.http.edge import Cursor, Limit, StrictBody, documented_errors
-from tollgate.models.commerce import ProductCategory, ProductReview
-from tollgate.models.payments import Price
 from tollgate.observability import logger, metrics, tracer
 from tollgate.payments.money import exponent
 from tollgate.services import catalogue, reviews
@@ -221,6 +219,8 @@ class ProductPageOut(BaseModel):
 
 
 class CategoryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read from the service's CategoryView
+
     id: uuid.UUID
     name: str
     slug: str
@@ -245,6 +245,8 @@ class CategoryTreeOut(BaseModel):
 
 
 class ReviewOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read from the service's ReviewView
+
     id: uuid.UUID
     product_id: uuid.UUID
     rating: int
@@ -264,12 +266,14 @@ class ReviewPageOut(BaseModel):
 
 
 class HelpfulOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read from the service's HelpfulVote
+
     review_id: uuid.UUID
     helpful: int
     counted: bool  # false: the caller had voted already; nothing changed
 
 
-def _price_fields(price: Price) -> dict[str, Any]:
+def _price_fields(price: catalogue.PriceView) -> dict[str, Any]:
     return {
         "id": price.id, "product_id": price.product_id, "unit_amount": _money(price.unit_amount, price.currency),
         "currency": price.currency, "type": price.type, "interval": price.interval,
@@ -277,7 +281,7 @@ def _price_fields(price: Price) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _admin_price_out(price: Price) -> AdminPriceOut:
+def _admin_price_out(price: catalogue.PriceView) -> AdminPriceOut:
     return AdminPriceOut(
         **_price_fields(price),
         provider_price_id=price.provider_price_id,
@@ -286,8 +290,7 @@ def _admin_price_out(price: Price) -> AdminPriceOut:
     )
 
 
-def _product_fields(view: catalogue.ProductView) -> dict[str, Any]:
-    p = view.product
+def _product_fields(p: catalogue.ProductView) -> dict[str, Any]:
     return {
         "id": p.id, "name": p.name, "slug": p.slug, "description": p.description,
         "short_description": p.short_description, "status": p.status, "type": p.type,
@@ -296,7 +299,7 @@ def _product_fields(view: catalogue.ProductView) -> dict[str, Any]:
         "download_limit": p.download_limit, "access_days": p.access_days, "billing_interval": p.billing_interval,
         "trial_days": p.trial_days, "images": list(p.images), "files": list(p.files), "meta_title": p.meta_title,
         "meta_description": p.meta_description, "tags": list(p.tags), "featured": p.featured,
-        "in_stock": not p.track_inventory or p.stock_quantity > 0, "category_ids": view.category_ids,
+        "in_stock": not p.track_inventory or p.stock_quantity > 0, "category_ids": list(p.category_ids),
         "published_at": p.published_at, "created_at": p.created_at, "updated_at": p.updated_at,
     }  # fmt: skip
 
@@ -305,28 +308,20 @@ def _product_out(view: catalogue.ProductView) -> ProductOut:
     return ProductOut(**_product_fields(view), prices=[PriceOut(**_price_fields(x)) for x in view.prices])
 
 
-def _admin_product_out(view: catalogue.ProductView) -> AdminProductOut:
-    p = view.product
+def _admin_product_out(p: catalogue.ProductView) -> AdminProductOut:
     return AdminProductOut(
-        **_product_fields(view),
-        prices=[_admin_price_out(x) for x in view.prices],
+        **_product_fields(p),
+        prices=[_admin_price_out(x) for x in p.prices],
         active=p.active,
         download_url=p.download_url,
         download_file_id=p.download_file_id,
         track_inventory=p.track_inventory,
         stock_quantity=p.stock_quantity,
         low_stock_threshold=p.low_stock_threshold,
-        metadata=p.metadata_,
+        metadata=p.metadata,
         provider_product_id=p.provider_product_id,
         provider_updated_at=p.provider_updated_at,
     )
-
-
-def _category_out(c: ProductCategory) -> CategoryOut:
-    return CategoryOut(
-        id=c.id, name=c.name, slug=c.slug, description=c.description, parent_id=c.parent_id,
-        sort_order=c.sort_order, created_at=c.created_at, updated_at=c.updated_at,
-    )  # fmt: skip
 
 
 def _node_out(node: catalogue.CategoryNode) -> CategoryNodeOut:
@@ -334,13 +329,6 @@ def _node_out(node: catalogue.CategoryNode) -> CategoryNodeOut:
     return CategoryNodeOut(
         id=c.id, name=c.name, slug=c.slug, description=c.description, sort_order=c.sort_order,
         children=[_node_out(child) for child in node.children],
-    )  # fmt: skip
-
-
-def _review_out(r: ProductReview) -> ReviewOut:
-    return ReviewOut(
-        id=r.id, product_id=r.product_id, rating=r.rating, title=r.title, content=r.content, verified=r.verified,
-        helpful=r.helpful, created_at=r.created_at, updated_at=r.updated_at,
     )  # fmt: skip
 
 
@@ -386,7 +374,7 @@ def category_tree() -> CategoryTreeOut:
 def list_reviews(slug: str, cursor: Cursor = None, limit: Limit = 20) -> ReviewPageOut:
     page = reviews.list_reviews(UnitOfWork(), slug, cursor=cursor, limit=limit)
     return ReviewPageOut(
-        items=[_review_out(r) for r in page.items],
+        items=[ReviewOut.model_validate(r) for r in page.items],
         next_cursor=page.next_cursor,
         average_rating=format(page.average_rating, "f") if page.average_rating is not None else None,
         count=page.count,
@@ -403,7 +391,7 @@ def create_review(slug: str, body: ReviewIn) -> tuple[ReviewOut, int]:
     review = reviews.create_review(
         UnitOfWork(), current_principal(app).user_id, slug, rating=body.rating, title=body.title, content=body.content
     )
-    return _review_out(review), 201
+    return ReviewOut.model_validate(review), 201
 
 
 @app.post(
@@ -412,8 +400,7 @@ def create_review(slug: str, body: ReviewIn) -> tuple[ReviewOut, int]:
     responses=documented_errors({403: "own_review", 404: "review_not_found"}),
 )
 def vote_helpful(review_id: uuid.UUID) -> HelpfulOut:
-    vote = reviews.vote_helpful(UnitOfWork(), current_principal(app).user_id, review_id)
-    return HelpfulOut(review_id=vote.review_id, helpful=vote.helpful, counted=vote.counted)
+    return HelpfulOut.model_validate(reviews.vote_helpful(UnitOfWork(), current_principal(app).user_id, review_id))
 
 
 # --- admin ------------------------------------------------------------------------------------------------------
@@ -489,7 +476,9 @@ def admin_update_price(price_id: uuid.UUID, body: PricePatch) -> AdminPriceOut:
     responses=documented_errors({409: "slug_taken", 422: "unknown_category"}, success=201),
 )
 def admin_create_category(body: CategoryIn) -> tuple[CategoryOut, int]:
-    return _category_out(catalogue.create_category(UnitOfWork(), current_actor(app), body.model_dump())), 201
+    return CategoryOut.model_validate(
+        catalogue.create_category(UnitOfWork(), current_actor(app), body.model_dump())
+    ), 201
 
 
 @app.patch(
@@ -502,7 +491,7 @@ def admin_create_category(body: CategoryIn) -> tuple[CategoryOut, int]:
 def admin_update_category(category_id: uuid.UUID, body: CategoryPatch) -> CategoryOut:
     _no_nulls(body, frozenset({"name", "slug", "sort_order"}))
     changes = body.model_dump(exclude_unset=True)
-    return _category_out(catalogue.update_category(UnitOfWork(), current_actor(app), category_id, changes))
+    return CategoryOut.model_validate(catalogue.update_category(UnitOfWork(), current_actor(app), category_id, changes))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)

@@ -14,6 +14,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field, HttpUrl, PlainSerializer, StrictInt, StringConstraints, WithJsonSchema
 
+from tollgate import request_origin
 from tollgate.db import UnitOfWork
 from tollgate.http.api import create_app, current_actor, current_principal
 from tollgate.http.edge import (
@@ -190,8 +191,7 @@ class DiscountPage(StrictBody):
 
 
 # --- shaping ---------------------------------------------------------------------------------------------------
-def _order_out(view: OrderView) -> OrderOut:
-    o = view.order
+def _order_out(o: OrderView) -> OrderOut:
     return OrderOut(
         id=o.id, order_number=o.order_number, user_id=o.user_id, status=o.status, payment_status=o.payment_status,
         currency=o.currency, subtotal=o.subtotal, discount_amount=o.discount_amount, tax_amount=o.tax_amount,
@@ -207,19 +207,18 @@ def _order_out(view: OrderView) -> OrderOut:
                 download_limit=i.download_limit, download_count=i.download_count,
                 access_expires_at=i.access_expires_at, fulfilled_at=i.fulfilled_at,
             )
-            for i in view.items
+            for i in o.items
         ],
     )  # fmt: skip
 
 
-def _discount_out(view: discounts.DiscountView) -> DiscountOut:
-    d = view.discount
+def _discount_out(d: discounts.DiscountView) -> DiscountOut:
     return DiscountOut(
         id=d.id, code=d.code, name=d.name, description=d.description, type=d.type.lower(), value=d.value,
         currency=d.currency, max_uses=d.max_uses, max_uses_per_customer=d.max_uses_per_customer,
         current_uses=d.current_uses, reserved_uses=d.reserved_uses, valid_from=d.valid_from,
         valid_until=d.valid_until, minimum_amount=d.minimum_amount, first_time_only=d.first_time_only,
-        active=d.active, product_ids=view.product_ids, created_at=d.created_at, updated_at=d.updated_at,
+        active=d.active, product_ids=list(d.product_ids), created_at=d.created_at, updated_at=d.updated_at,
     )  # fmt: skip
 
 
@@ -235,6 +234,7 @@ def _cart(items: list[CartItemIn]) -> list[tuple[uuid.UUID, int]]:
         {
             409: "out_of_stock (details name the item) or idempotency_conflict",
             422: "discount_invalid (details.reason) or invalid_cart (details.reason)",
+            429: "too_many_attempts (too many unknown discount codes; details.retry_after_seconds)",
             503: "payment_provider_error (the order is cancelled, its reservations released)",
         },
         success=201,
@@ -244,6 +244,7 @@ def checkout(body: CheckoutIn) -> tuple[CheckoutOut, int]:
     result = orders.checkout(
         UnitOfWork(), current_principal(app).user_id, items=_cart(body.items), discount_code=body.discount_code,
         success_url=str(body.success_url), cancel_url=str(body.cancel_url), idempotency_key=idempotency_key(app),
+        ip=request_origin.current().ip,
     )  # fmt: skip
     return CheckoutOut(order_id=result.order_id, order_number=result.order_number, url=result.url), 201
 
@@ -318,9 +319,22 @@ def list_discounts(
     return DiscountPage(items=[_discount_out(v) for v in page.items], next_cursor=page.next_cursor)
 
 
-@app.post("/discounts/validate", summary="Would this code apply to this cart? (no use is taken)")
+@app.post(
+    "/discounts/validate",
+    summary="Would this code apply to this cart? (no use is taken)",
+    responses=documented_errors(
+        {
+            422: "invalid_cart (details.reason) or validation_error",
+            429: "too_many_attempts (too many unknown codes; details.retry_after_seconds)",
+        }
+    ),
+)
 def validate_discount(body: ValidateIn) -> ValidateOut:
-    verdict = discounts.validate(UnitOfWork(), current_principal(app).user_id, code=body.code, items=_cart(body.items))
+    # The source IP is the gateway's (requestContext.http.sourceIp, bound for the request), never a header.
+    verdict = discounts.validate(
+        UnitOfWork(), current_principal(app).user_id, code=body.code, items=_cart(body.items),
+        ip=request_origin.current().ip,
+    )  # fmt: skip
     return ValidateOut(valid=verdict.valid, discount_amount=verdict.discount_amount, reason=verdict.reason)
 
 

@@ -11,10 +11,11 @@ import json
 import logging
 import threading
 import traceback
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from tollgate_local import local_files, local_pages
 from tollgate_local.events import (
@@ -77,6 +78,10 @@ class Gateway:
         if page is not None:
             return page
 
+        # API Gateway (HTTP API) percent-decodes the path once, routes on that and hands it on decoded (rawPath,
+        # http.path, pathParameters): `ada%40example.com` reaches the handler as `ada@example.com`, and an encoded
+        # `/` splits segments as a plain one does. `+` stays `+` (it means a space only in a query).
+        request = replace(request, raw_path=unquote(request.raw_path))
         route, params, allowed = self.match(request.method, request.raw_path)
         if route is None:
             if allowed:

@@ -27,6 +27,7 @@ from tollgate.db import UnitOfWork
 from tollgate.errors import Forbidden
 from tollgate.jobs.outbox_relay import OutboxRelay
 from tollgate.models.commerce import Discount, ProductCategory
+from tollgate.models.mail_events import EmailSuppression
 from tollgate.models.payments import Price, Product
 from tollgate.outbound_webhooks import SendResult
 from tollgate.outbox import emit
@@ -81,6 +82,7 @@ GROUPS = [
     Group("System config", ADMINS),
     Group("Read users", STAFF),
     Group("Manage users and GDPR", ADMINS),
+    Group("Email suppressions", ADMINS),
     Group("Order refunds", ADMINS),
     Group("All orders", STAFF),
     Group("Discounts", ADMINS),
@@ -191,6 +193,8 @@ ROUTES = [
     Route("Products and categories", "POST", "/admin/products/{product_id}/archive"),
     Route("Products and categories", "POST", "/admin/product-categories", {"name": "Roles", "slug": "roles-cat"}),
     Route("Products and categories", "PATCH", "/admin/product-categories/{category_id}", {"sort_order": 1}),
+    Route("Email suppressions", "GET", "/admin/email-suppressions"),
+    Route("Email suppressions", "DELETE", "/admin/email-suppressions/{email}"),
     # Keep these last: the erase anonymises the world's customer for good.
     Route("Manage users and GDPR", "PATCH", "/admin/users/{user_id}", {"role": "SUPPORT"}),
     Route("Manage users and GDPR", "POST", "/admin/users/{user_id}/export"),
@@ -288,6 +292,10 @@ def test_every_privileged_route_answers_each_role_as_the_table_says(db, payments
         world.update(
             product_id=str(product.id), price_id=str(price.id), category_id=str(category.id), slug="roles-product"
         )
+    with db() as uow:  # a suppressed address for DELETE /admin/email-suppressions/{email}
+        uow.session.add(EmailSuppression(email="roles-bounced@example.com", reason="bounce"))
+        uow.commit()
+        world["email"] = "roles-bounced@example.com"
     with db() as uow:
         callers = {role: make_user(uow.session, role=role).id for role in ROLES}
         uow.commit()

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     provider_reconciliation_hours: int = Field(default=72, ge=1, le=720)
     provider_reconciliation_settle_minutes: int = Field(default=10, ge=0, le=1440)
     provider_reconciliation_page_size: int = Field(default=100, ge=1, le=100)
+    # Its refund sweep (issue 13): order refunds PENDING longer than this are looked up at Stripe, this many a step.
+    refund_sweep_after_minutes: int = Field(default=15, ge=1, le=1440)
+    refund_sweep_batch_size: int = Field(default=25, ge=1, le=100)
     # Retention (days kept; see tollgate/jobs/retention.py for what each covers).
     email_log_retention_days: int = Field(default=90, ge=1)
     token_retention_days: int = Field(default=7, ge=1)
@@ -167,6 +170,12 @@ class Settings(BaseSettings):
     login_lockout_seconds: int = Field(default=900, ge=1)
     # register / forgot-password requests per source IP inside LOGIN_FAILURE_WINDOW_SECONDS (mail bombing)
     mail_requests_per_ip: int = Field(default=20, ge=1)
+    # Issue 13: wrong discount codes (validate or checkout) per user and per source IP inside the window, then
+    # 429 for the lockout (a valid code too, or guessing would go on through it).
+    discount_max_failures_per_user: int = Field(default=10, ge=1)
+    discount_max_failures_per_ip: int = Field(default=30, ge=1)
+    discount_failure_window_seconds: int = Field(default=900, ge=1)
+    discount_lockout_seconds: int = Field(default=900, ge=1)
     two_factor_max_attempts: int = Field(default=5, ge=1, le=20)
     # Issue 11: credential changes (API keys, 2FA, password, other sessions) need a password (+2FA) sign-in or
     # POST /auth/reauthenticate this recently; security notices carry a lock link valid this many hours.
@@ -267,6 +276,11 @@ class Settings(BaseSettings):
         default_factory=lambda: {"FREE": 10 * 2**20, "PRO": 100 * 2**20, "BUSINESS": 2**30}
     )
     file_max_bytes_default: int = Field(default=10 * 2**20, ge=1, le=5 * 2**30)  # a presigned POST takes 5 GB
+    # GDPR export (issue 14): an answer larger than this (counted as the Lambda response carries it, escapes and
+    # all) is stored under exports/ in the files store and answered with a presigned GET of this life instead;
+    # Lambda answers at most 6 MB.
+    gdpr_export_inline_max_bytes: int = Field(default=4 * 2**20, ge=1, le=5 * 2**20)
+    gdpr_export_url_seconds: int = Field(default=900, ge=60, le=3600)
 
     @field_validator("file_quota_bytes", "file_max_bytes", mode="before")
     @classmethod

@@ -401,6 +401,12 @@ class UserNotFound(NotFound):
     code = "user_not_found"
 
 
+class EmailSuppressionNotFound(NotFound):
+    """The address is not on the email suppression list."""
+
+    code = "email_suppression_not_found"
+
+
 class OwnAccessChange(Conflict):
     """An admin may not demote, suspend or erase their own account (another admin must)."""
 

@@ -160,6 +160,9 @@ ROUTE_SCOPES: Final[dict[str, str]] = {
     "PATCH /admin/users/{user_id}": SESSION_ONLY,
     "POST /admin/users/{user_id}/export": SESSION_ONLY,
     "POST /admin/users/{user_id}/erase": SESSION_ONLY,
+    "GET /admin/email-suppressions": "admin",
+    # Lifting a suppression mails someone who bounced or complained again: the admin in person, as access changes.
+    "DELETE /admin/email-suppressions/{email}": SESSION_ONLY,
     # audit
     "GET /admin/audit-logs": "admin",
     "POST /admin/features": "admin",

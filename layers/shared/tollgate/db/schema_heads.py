@@ -7,7 +7,6 @@ fails when a revision is added without regenerating it.
 # Every head: the schema is current when alembic_version holds exactly these.
 SCHEMA_HEADS: tuple[str, ...] = (
     "0004_rag",
-    "0006_jobs",
     "0015_outbox",
     "0016_auto_topup",
     "0017_asaas_checkout_claims",
@@ -15,7 +14,8 @@ SCHEMA_HEADS: tuple[str, ...] = (
     "0020_support",
     "0021_user_admin",
     "0022_audit_trail",
-    "0023_reports",
+    "0024_analytics_sql",
+    "0025_discount_throttle",
 )
 # Every revision this code knows: one outside it means the schema is newer than the code.
 SCHEMA_REVISIONS: tuple[str, ...] = (
@@ -41,4 +41,6 @@ SCHEMA_REVISIONS: tuple[str, ...] = (
     "0021_user_admin",
     "0022_audit_trail",
     "0023_reports",
+    "0024_analytics_sql",
+    "0025_discount_throttle",
 )

@@ -16,6 +16,12 @@ PROVIDER_RECONCILIATION_HOURS:
   <resource>}`) with the id `lemonsqueezy_event_id` derives from the event name, resource and `updated_at`: the
   id the webhook of that change gets, so whichever of the two comes second is a duplicate.
 
+Stripe order refunds still PENDING after REFUND_SWEEP_AFTER_MINUTES (the `stripe_refunds` phase, right after the
+events, so a refund event replayed there settles its refund first): REFUND_SWEEP_BATCH_SIZE a step, in id order,
+each looked up at Stripe and settled through the webhooks' own path (tollgate.services.refund_sweep). Counted as
+`refunds_settled`, `refunds_pending_at_stripe`, `refunds_already_settled` (an event won the race), and
+`unresolved` (the alarm's figure) for a refund Stripe's answer does not settle.
+
 Transactions. `process_event` opens its own units of work, and in Lambda the pool has ONE connection, so it must
 not run inside a job step's transaction. Each step therefore only moves the job cursor (a short transaction
 holding the cursor row) and hands the page's work to `after_commit`: list one page from the provider, decide,
@@ -57,10 +63,11 @@ recorded in `webhook_events` for replay) and the rest go on.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -77,16 +84,20 @@ from tollgate.payments.adapters import Page
 from tollgate.payments.money import to_major
 from tollgate.payments.signatures import VerifiedEvent, lemonsqueezy_event_id, parse_time
 
+if TYPE_CHECKING:
+    from tollgate.services.refund_sweep import RefundLookups
+
 STRIPE = "stripe"
+STRIPE_REFUNDS = "stripe_refunds"
 LS_ORDERS = "lemonsqueezy_orders"
 LS_SUBSCRIPTIONS = "lemonsqueezy_subscriptions"
 LS_INVOICES = "lemonsqueezy_invoices"
 PAID_INVOICE = frozenset({"paid", "partially_refunded", "refunded"})
 ASAAS_PAID = "asaas_paid"
 ASAAS_CREATED = "asaas_created"
-PHASES = (STRIPE, LS_ORDERS, LS_SUBSCRIPTIONS, LS_INVOICES, ASAAS_PAID, ASAAS_CREATED)
+PHASES = (STRIPE, STRIPE_REFUNDS, LS_ORDERS, LS_SUBSCRIPTIONS, LS_INVOICES, ASAAS_PAID, ASAAS_CREATED)
 # Where the phases of the next provider start: a provider without credentials is skipped as a whole.
-NEXT_PROVIDER = {LS_ORDERS: ASAAS_PAID, ASAAS_PAID: None}
+NEXT_PROVIDER = {STRIPE: LS_ORDERS, STRIPE_REFUNDS: LS_ORDERS, LS_ORDERS: ASAAS_PAID, ASAAS_PAID: None}
 ASAAS_FILTERS = {ASAAS_PAID: "paymentDate", ASAAS_CREATED: "dateCreated"}
 ASAAS_PAID_STATUSES = frozenset({"CONFIRMED", "RECEIVED", "RECEIVED_IN_CASH"})
 LS_RESOURCES = {LS_ORDERS: "orders", LS_SUBSCRIPTIONS: "subscriptions", LS_INVOICES: "subscription-invoices"}
@@ -120,6 +131,12 @@ def _asaas_source() -> AsaasPayments:
     from tollgate.payments.asaas import asaas_gateway
 
     return asaas_gateway()
+
+
+def _refund_gateway() -> RefundLookups:
+    from tollgate.payments.adapters import stripe_gateway
+
+    return stripe_gateway()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +201,14 @@ class ProviderReconciliation:
         stripe_source: Callable[[], StripeEvents] = _stripe_source,
         lemonsqueezy_source: Callable[[], LemonSqueezyLists] = _lemonsqueezy_source,
         asaas_source: Callable[[], AsaasPayments] = _asaas_source,
+        refund_gateway: Callable[[], RefundLookups] = _refund_gateway,
     ) -> None:
         self.settings = settings or get_settings()
         self.uow_factory = uow_factory
         self.stripe_source = stripe_source
         self.lemonsqueezy_source = lemonsqueezy_source
         self.asaas_source = asaas_source
+        self.refund_gateway = refund_gateway
         self._done: PageResult | None = None  # the page the last after_commit worked through
 
     def period_key(self, now: datetime) -> str:
@@ -219,6 +238,8 @@ class ProviderReconciliation:
         try:
             if position.phase == STRIPE:
                 result = self._stripe_page(position, now)
+            elif position.phase == STRIPE_REFUNDS:
+                result = self._refunds_page(position, now)
             elif position.phase in ASAAS_FILTERS:
                 result = self._asaas_page(position, now)
             else:
@@ -269,6 +290,33 @@ class ProviderReconciliation:
             created_at=datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None,
         )
         return self._process(event, "stripe_events")
+
+    # --- Stripe order refunds no event settled -------------------------------------------------------------------
+    def _refunds_page(self, position: Position, now: datetime) -> PageResult:
+        from tollgate.services import refund_sweep
+
+        size = self.settings.refund_sweep_batch_size
+        after = None
+        if position.after:
+            try:
+                after = uuid.UUID(position.after)
+            except ValueError:
+                after = None  # an unreadable cursor: start over (settling is idempotent)
+        older = timedelta(minutes=self.settings.refund_sweep_after_minutes)
+        stale = refund_sweep.stale_refunds(self.uow_factory, now, older_than=older, after=after, limit=size)
+        result = PageResult(at=position, next=_next_phase(STRIPE_REFUNDS), items=len(stale))
+        if not stale:
+            return result  # nothing stale: Stripe is not asked (nor its configuration needed)
+        gateway = self.refund_gateway()
+
+        def sweep(item: dict[str, Any]) -> str:
+            return refund_sweep.sweep_refund(self.uow_factory, uuid.UUID(item["id"]), gateway, now)
+
+        for refund_id in stale:
+            result.add(self._guarded(sweep, {"id": str(refund_id)}))
+        if len(stale) == size:
+            result.next = Position(STRIPE_REFUNDS, after=str(stale[-1]))
+        return result
 
     # --- Lemon Squeezy -------------------------------------------------------------------------------------------
     def _lemonsqueezy_page(self, position: Position, now: datetime) -> PageResult:

@@ -193,13 +193,15 @@ class SecurityLockToken(Base):
 
 
 class AuthThrottle(Base):
-    """Failed sign-in attempts per account (the normalised email, known or not) and per source IP, and
-    mail-sending requests per source IP."""
+    """Failed sign-in attempts per account (the normalised email, known or not) and per source IP,
+    mail-sending requests per source IP, and wrong discount codes per user and per source IP."""
 
     __tablename__ = "auth_throttles"
-    __table_args__ = (CheckConstraint("scope IN ('account', 'ip', 'mail')", name="scope"),)
+    __table_args__ = (
+        CheckConstraint("scope IN ('account', 'ip', 'mail', 'discount_user', 'discount_ip')", name="scope"),
+    )
 
-    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
     key: Mapped[str] = mapped_column(String(320), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     window_started_at: Mapped[datetime]

@@ -124,6 +124,9 @@ class StripeGateway(Protocol):
     # Cart checkout (issue 13): a Checkout Session for an order.
     def create_order_checkout(self, request: OrderCheckoutRequest) -> CheckoutSession: ...
 
+    # Order refunds (issue 13): one refund as Stripe holds it now (the refund sweep of ProviderReconciliation).
+    def retrieve_refund(self, refund_id: str) -> dict[str, Any]: ...
+
 
 class LemonSqueezyGateway(Protocol):
     def create_checkout(self, request: CheckoutRequest) -> CheckoutSession: ...
@@ -422,6 +425,12 @@ class StripeAdapter:
             options={"idempotency_key": f"order-checkout:{request.order_id}"},
         )
         return CheckoutSession(id=str(session["id"]), url=str(session["url"]))
+
+    # --- order refunds (issue 13) -----------------------------------------------------------------------------
+    def retrieve_refund(self, refund_id: str) -> dict[str, Any]:
+        """`GET /v1/refunds/{id}`: the refund as Stripe holds it now (status, failure_reason, metadata)."""
+        found = self._call("read the refund", self._client.v1.refunds.retrieve, refund_id)
+        return dict(found.to_dict())
 
 
 class LemonSqueezyAdapter:

@@ -18,11 +18,12 @@ Every admin change writes an audit row with old and new values in the same trans
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -86,18 +87,77 @@ CATEGORY_FIELDS = frozenset({"name", "slug", "description", "parent_id", "sort_o
 GatewayFactory = Callable[[], StripeGateway]
 
 
-# --- views --------------------------------------------------------------------------------------------------
+# --- views: plain values made inside the unit of work (no ORM row outlives its session) ------------------------
+@dataclass(frozen=True, slots=True)
+class PriceView:
+    id: uuid.UUID
+    product_id: uuid.UUID | None
+    unit_amount: Decimal | None
+    currency: str
+    type: str | None
+    interval: str | None
+    interval_count: int | None
+    nickname: str | None
+    active: bool
+    provider_price_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class ProductView:
-    product: Product
-    prices: list[Price]
-    category_ids: list[uuid.UUID]
+    id: uuid.UUID
+    name: str
+    slug: str | None
+    description: str | None
+    short_description: str | None
+    status: str
+    type: str
+    base_price: Decimal
+    currency: str
+    tax_rate: Decimal | None
+    download_url: str | None
+    download_file_id: uuid.UUID | None
+    download_limit: int | None
+    access_days: int | None
+    billing_interval: str | None
+    trial_days: int | None
+    images: tuple[Any, ...]
+    files: tuple[Any, ...]
+    meta_title: str | None
+    meta_description: str | None
+    tags: tuple[str, ...]
+    featured: bool
+    track_inventory: bool
+    stock_quantity: int
+    low_stock_threshold: int | None
+    active: bool
+    metadata: dict[str, Any]
+    provider_product_id: str | None
+    provider_updated_at: datetime | None
+    published_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    prices: tuple[PriceView, ...]
+    category_ids: tuple[uuid.UUID, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryView:
+    id: uuid.UUID
+    name: str
+    slug: str
+    description: str | None
+    parent_id: uuid.UUID | None
+    sort_order: int
+    created_at: datetime
+    updated_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class CategoryNode:
-    category: ProductCategory
-    children: list[CategoryNode]
+    category: CategoryView
+    children: tuple[CategoryNode, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,8 +407,34 @@ def _prices_of(session: Session, product_id: uuid.UUID) -> list[Price]:
     )
 
 
+def _price_view(price: Price) -> PriceView:
+    return PriceView(
+        id=price.id, product_id=price.product_id, unit_amount=price.unit_amount, currency=price.currency,
+        type=price.type, interval=price.interval, interval_count=price.interval_count, nickname=price.nickname,
+        active=price.active, provider_price_id=price.provider_price_id, created_at=price.created_at,
+        updated_at=price.updated_at,
+    )  # fmt: skip
+
+
+def _product_view(product: Product, prices: Iterable[Price], category_ids: Iterable[uuid.UUID]) -> ProductView:
+    """The product as plain values; its JSON fields are copied, so the view shares nothing with the row."""
+    p = product
+    return ProductView(
+        id=p.id, name=p.name, slug=p.slug, description=p.description, short_description=p.short_description,
+        status=p.status, type=p.type, base_price=p.base_price, currency=p.currency, tax_rate=p.tax_rate,
+        download_url=p.download_url, download_file_id=p.download_file_id, download_limit=p.download_limit,
+        access_days=p.access_days, billing_interval=p.billing_interval, trial_days=p.trial_days,
+        images=tuple(copy.deepcopy(p.images)), files=tuple(copy.deepcopy(p.files)), meta_title=p.meta_title,
+        meta_description=p.meta_description, tags=tuple(p.tags), featured=p.featured,
+        track_inventory=p.track_inventory, stock_quantity=p.stock_quantity, low_stock_threshold=p.low_stock_threshold,
+        active=p.active, metadata=copy.deepcopy(p.metadata_), provider_product_id=p.provider_product_id,
+        provider_updated_at=p.provider_updated_at, published_at=p.published_at, created_at=p.created_at,
+        updated_at=p.updated_at, prices=tuple(_price_view(x) for x in prices), category_ids=tuple(category_ids),
+    )  # fmt: skip
+
+
 def _view(session: Session, product: Product) -> ProductView:
-    return ProductView(product, _prices_of(session, product.id), _category_ids(session, product.id))
+    return _product_view(product, _prices_of(session, product.id), _category_ids(session, product.id))
 
 
 def _product_for_update(session: Session, product_id: uuid.UUID) -> Product:
@@ -442,13 +528,13 @@ def update_product(
         view = _view(s, product)
         uow.commit()
     push = STRIPE_PRODUCT_FIELDS & set(values)
-    if push and product.provider_product_id and product.status == "PUBLISHED":
-        answer = gateway().update_product(product.provider_product_id, _stripe_product_fields(product, push))
-        _record_product_answer(uow, product.id, answer)
+    if push and view.provider_product_id and view.status == "PUBLISHED":
+        answer = gateway().update_product(view.provider_product_id, _stripe_product_fields(view, push))
+        _record_product_answer(uow, view.id, answer)
     return view
 
 
-def _stripe_product_fields(product: Product, names: Iterable[str]) -> dict[str, Any]:
+def _stripe_product_fields(product: ProductView, names: Iterable[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in names:
         if name == "name":
@@ -481,16 +567,31 @@ def _product_metadata(product: Product) -> dict[str, str]:
     return {"tollgate_product_id": str(product.id), "tollgate_slug": str(product.slug)}
 
 
-def _price_metadata(price: Price) -> dict[str, str]:
-    return {"tollgate_price_id": str(price.id), "tollgate_product_id": str(price.product_id)}
+@dataclass(frozen=True, slots=True)
+class _StripePrice:
+    """What Stripe is sent of a price: read inside a unit of work, sent after it (no row is held over the call)."""
+
+    id: uuid.UUID
+    product_id: uuid.UUID | None
+    unit_amount: Decimal | None
+    currency: str
+    interval: str | None
+    interval_count: int | None
+    nickname: str | None
+    active: bool
+    revision: int  # which of this price's Stripe prices is made next, from 1: its idempotency key names it
 
 
-def _price_key(price: Price) -> str:
+def _stripe_price(price: Price) -> _StripePrice:
     revision = len((price.metadata_ or {}).get("previous_provider_price_ids") or []) + 1
-    return f"tollgate-price-{price.id}-r{revision}"
+    return _StripePrice(
+        id=price.id, product_id=price.product_id, unit_amount=price.unit_amount, currency=price.currency,
+        interval=price.interval, interval_count=price.interval_count, nickname=price.nickname, active=price.active,
+        revision=revision,
+    )  # fmt: skip
 
 
-def _create_stripe_price(gateway: StripeGateway, price: Price, provider_product_id: str) -> dict[str, Any]:
+def _create_stripe_price(gateway: StripeGateway, price: _StripePrice, provider_product_id: str) -> dict[str, Any]:
     assert price.unit_amount is not None  # every Tollgate price has one
     return gateway.create_price(
         product_id=provider_product_id,
@@ -500,8 +601,8 @@ def _create_stripe_price(gateway: StripeGateway, price: Price, provider_product_
         interval_count=price.interval_count,
         nickname=price.nickname,
         active=price.active,
-        metadata=_price_metadata(price),
-        idempotency_key=_price_key(price),
+        metadata={"tollgate_price_id": str(price.id), "tollgate_product_id": str(price.product_id)},
+        idempotency_key=f"tollgate-price-{price.id}-r{price.revision}",
     )
 
 
@@ -521,21 +622,20 @@ def publish_product(
             prices = [p for p in _prices_of(s, product.id) if p.active]
             if not prices:
                 raise NoActivePrice("publish needs at least one active price", details={"product_id": str(product_id)})
-            missing = [p for p in prices if p.provider_price_id is None]
+            missing = [_stripe_price(p) for p in prices if p.provider_price_id is None]
             reactivate = product.provider_product_id is not None and product.status != "PUBLISHED"
-            s.expunge_all()
+            provider_product_id = product.provider_product_id
+            stripe_product: dict[str, Any] = {
+                "name": product.name,
+                "description": product.description,
+                "images": [str(i) for i in product.images if isinstance(i, str)],
+                "metadata": _product_metadata(product),
+            }
         # 2. Stripe, with keys from Tollgate's ids: a repeat answers the same objects.
-        provider_product_id = product.provider_product_id
         product_answer: dict[str, Any] | None = None
         stripe = gateway()
         if provider_product_id is None:
-            product_answer = stripe.create_product(
-                name=product.name,
-                description=product.description,
-                images=[str(i) for i in product.images if isinstance(i, str)],
-                metadata=_product_metadata(product),
-                idempotency_key=f"tollgate-product-{product.id}",
-            )
+            product_answer = stripe.create_product(**stripe_product, idempotency_key=f"tollgate-product-{product_id}")
             provider_product_id = str(product_answer["id"])
         elif reactivate:
             product_answer = stripe.update_product(provider_product_id, {"active": True})
@@ -642,7 +742,7 @@ def create_price(
     fields: Mapping[str, Any],
     *,
     gateway: GatewayFactory = stripe_gateway,
-) -> Price:
+) -> PriceView:
     """A price of a product; on a product already in Stripe it is created there at once (and removed again here
     if Stripe refuses, so no price is left that cannot be sold)."""
     _admin(actor)
@@ -661,24 +761,27 @@ def create_price(
             s, actor, action="catalogue.price_create", target_type="price", target_id=str(price.id),
             new_values={**_price_snapshot(price), "product_id": str(product.id)},
         )  # fmt: skip
+        view, draft = _price_view(price), _stripe_price(price)
         uow.commit()
     if provider_product_id is None:
-        return price
+        return view
     try:
-        answer = _create_stripe_price(gateway(), price, provider_product_id)
+        answer = _create_stripe_price(gateway(), draft, provider_product_id)
     except Exception:
         with uow:  # give back what was reserved: a price Stripe does not know cannot be sold
-            uow.session.execute(delete(Price).where(Price.id == price.id, Price.provider_price_id.is_(None)))
+            uow.session.execute(delete(Price).where(Price.id == draft.id, Price.provider_price_id.is_(None)))
             uow.commit()
         raise
     with uow:
-        row = uow.session.execute(select(Price).where(Price.id == price.id).with_for_update()).scalar_one()
+        row = uow.session.execute(select(Price).where(Price.id == draft.id).with_for_update()).scalar_one()
         if row.provider_price_id is None:
             row.provider_price_id = str(answer["id"])
             row.provider_product_id = provider_product_id
             row.recurring = answer.get("recurring")
+        uow.session.flush()  # the view shows the row as stored (its updated_at moves on this write)
+        view = _price_view(row)
         uow.commit()
-    return row
+    return view
 
 
 def update_price(
@@ -688,7 +791,7 @@ def update_price(
     fields: Mapping[str, Any],
     *,
     gateway: GatewayFactory = stripe_gateway,
-) -> Price:
+) -> PriceView:
     """`unit_amount` (a new Stripe price, the old one deactivated), `nickname` and `active` (changed in place)."""
     _admin(actor)
     values = {k: v for k, v in fields.items() if k in {"unit_amount", "nickname", "active"}}
@@ -705,25 +808,19 @@ def update_price(
             amount = _check_amount(values["unit_amount"], price.currency, "unit_amount")
         new_amount = amount != price.unit_amount
         synced = price.provider_price_id
-        s.expunge_all()
+        current, provider_product_id = _stripe_price(price), product.provider_product_id
     answer: dict[str, Any] | None = None
     stripe: StripeGateway | None = None
     if synced is not None:
         stripe = gateway()
         if new_amount:
-            assert product.provider_product_id is not None and amount is not None
-            draft = Price(
-                id=price.id, product_id=price.product_id, unit_amount=amount, currency=price.currency,
-                interval=price.interval, interval_count=price.interval_count,
-                nickname=values.get("nickname", price.nickname), active=bool(values.get("active", price.active)),
-                metadata_={  # the revision the key names counts the Stripe price being replaced
-                    "previous_provider_price_ids": [
-                        *((price.metadata_ or {}).get("previous_provider_price_ids") or []),
-                        synced,
-                    ]
-                },
+            assert provider_product_id is not None and amount is not None
+            draft = replace(
+                current, unit_amount=amount, nickname=values.get("nickname", current.nickname),
+                active=bool(values.get("active", current.active)),
+                revision=current.revision + 1,  # the Stripe price being replaced counts too
             )  # fmt: skip
-            answer = _create_stripe_price(stripe, draft, product.provider_product_id)
+            answer = _create_stripe_price(stripe, draft, provider_product_id)
             stripe.update_price(synced, {"active": False})
         else:
             change = {k: v for k, v in values.items() if k in {"nickname", "active"}}
@@ -741,6 +838,7 @@ def update_price(
         lost = row.provider_price_id != synced and not already
         if not lost:
             _record_price_change(s, actor, row, values, amount if new_amount and not already else None, synced, answer)
+            view = _price_view(row)
             uow.commit()
     if lost:
         # Another change of this price's amount won the race: this one's Stripe price is left inactive - after the
@@ -748,7 +846,7 @@ def update_price(
         if answer is not None and stripe is not None and str(answer["id"]) != winner:
             stripe.update_price(str(answer["id"]), {"active": False})
         raise Conflict("the price changed meanwhile: read it and try again", details={"price_id": str(price_id)})
-    return row
+    return view
 
 
 def _record_price_change(
@@ -837,7 +935,14 @@ def _category_snapshot(category: ProductCategory) -> dict[str, Any]:
     return {f: _json_safe(getattr(category, f)) for f in sorted(CATEGORY_FIELDS)}
 
 
-def create_category(uow: UnitOfWork, actor: Actor, fields: Mapping[str, Any]) -> ProductCategory:
+def _category_view(c: ProductCategory) -> CategoryView:
+    return CategoryView(
+        id=c.id, name=c.name, slug=c.slug, description=c.description, parent_id=c.parent_id,
+        sort_order=c.sort_order, created_at=c.created_at, updated_at=c.updated_at,
+    )  # fmt: skip
+
+
+def create_category(uow: UnitOfWork, actor: Actor, fields: Mapping[str, Any]) -> CategoryView:
     _admin(actor)
     values = {k: v for k, v in fields.items() if k in CATEGORY_FIELDS}
     with uow:
@@ -857,13 +962,12 @@ def create_category(uow: UnitOfWork, actor: Actor, fields: Mapping[str, Any]) ->
             s, actor, action="catalogue.category_create", target_type="product_category",
             target_id=str(category.id), new_values=_category_snapshot(category),
         )  # fmt: skip
+        view = _category_view(category)
         uow.commit()
-    return category
+    return view
 
 
-def update_category(
-    uow: UnitOfWork, actor: Actor, category_id: uuid.UUID, fields: Mapping[str, Any]
-) -> ProductCategory:
+def update_category(uow: UnitOfWork, actor: Actor, category_id: uuid.UUID, fields: Mapping[str, Any]) -> CategoryView:
     """Rename or move a category; a move under itself or a descendant is 409 `category_cycle`."""
     _admin(actor)
     values = {k: v for k, v in fields.items() if k in CATEGORY_FIELDS}
@@ -893,32 +997,33 @@ def update_category(
                 s, actor, action="catalogue.category_update", target_type="product_category",
                 target_id=str(category.id), old_values=before, new_values=after,
             )  # fmt: skip
+        view = _category_view(category)
         uow.commit()
-    return category
+    return view
 
 
 def category_tree(uow: UnitOfWork) -> list[CategoryNode]:
     """Every category as a tree, each level by sort_order then name."""
     with uow:
-        rows = list(
-            uow.session.execute(
+        rows = [
+            _category_view(c)
+            for c in uow.session.execute(
                 select(ProductCategory)
                 .order_by(ProductCategory.sort_order, ProductCategory.name, ProductCategory.id)
                 .limit(MAX_CATEGORIES)
             ).scalars()
-        )
-        uow.session.expunge_all()
-    children: dict[uuid.UUID | None, list[ProductCategory]] = {}
+        ]
+    children: dict[uuid.UUID | None, list[CategoryView]] = {}
     known = {c.id for c in rows}
     for row in rows:
         children.setdefault(row.parent_id if row.parent_id in known else None, []).append(row)
 
-    def build(parent: uuid.UUID | None, depth: int) -> list[CategoryNode]:
+    def build(parent: uuid.UUID | None, depth: int) -> tuple[CategoryNode, ...]:
         if depth >= MAX_DEPTH:  # defensive: a deeper tree or a cycle written around the service stops here
-            return []
-        return [CategoryNode(c, build(c.id, depth + 1)) for c in children.get(parent, [])]
+            return ()
+        return tuple(CategoryNode(c, build(c.id, depth + 1)) for c in children.get(parent, []))
 
-    return build(None, 0)
+    return list(build(None, 0))
 
 
 # --- the public catalogue -------------------------------------------------------------------------------------
@@ -1011,8 +1116,8 @@ def list_products(
         ids_ = [p.id for p in page.items]
         prices = _public_prices(s, ids_)
         links = _links(s, ids_)
-        s.expunge_all()
-    return Page(items=[ProductView(p, prices[p.id], links[p.id]) for p in page.items], next_cursor=page.next_cursor)
+        views = [_product_view(p, prices[p.id], links[p.id]) for p in page.items]
+    return Page(items=views, next_cursor=page.next_cursor)
 
 
 def published_product(session: Session, ref: str, *, lock: bool = False) -> Product:
@@ -1031,13 +1136,13 @@ def get_product(uow: UnitOfWork, ref: str) -> ProductView:
     with uow:
         s = uow.session
         product = published_product(s, ref)
-        view = ProductView(product, _public_prices(s, [product.id])[product.id], _links(s, [product.id])[product.id])
-        s.expunge_all()
-    return view
+        return _product_view(product, _public_prices(s, [product.id])[product.id], _links(s, [product.id])[product.id])
 
 
 __all__ = [
     "CategoryNode",
+    "CategoryView",
+    "PriceView",
     "ProductFilters",
     "ProductView",
     "archive_product",

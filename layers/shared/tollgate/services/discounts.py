@@ -5,10 +5,15 @@ A use is reserved at checkout (`reserved_uses` + 1 and a `discount_usages` row, 
 and counted when the order is paid (`current_uses` + 1, `reserved_uses` - 1); an abandoned checkout releases it.
 The database refuses `current_uses + reserved_uses > max_uses`, whatever races; the checks here, made under the
 same lock, turn that into a reason the caller can read.
+
+Codes cannot be guessed: every lookup of a code (validate or checkout) goes through `screen`, which counts unknown
+codes per user and per source IP in `auth_throttles` and answers 429 to a caller past the limit, valid code or not.
+A minimum amount is in the discount's currency, so a cart in another currency is refused (`currency_mismatch`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,9 +25,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tollgate.auth import throttle
 from tollgate.db import UnitOfWork
 from tollgate.db.base import utcnow
-from tollgate.errors import DiscountCodeTaken, DiscountInvalid, DiscountNotFound, ValidationFailed
+from tollgate.errors import DiscountCodeTaken, DiscountInvalid, DiscountNotFound, RateLimited, ValidationFailed
 from tollgate.models.commerce import Discount, DiscountUsage, Order, ProductDiscount
 from tollgate.models.payments import Product
 from tollgate.pagination import Page, keyset_page
@@ -60,7 +66,7 @@ class Applied:
         return sum(self.per_line, Decimal(0))
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Verdict:
     valid: bool
     discount_amount: Decimal
@@ -73,6 +79,51 @@ def find(session: Session, code: str, *, lock: bool = False) -> Discount | None:
     if lock:
         statement = statement.with_for_update()
     return session.execute(statement).scalar_one_or_none()
+
+
+def _ip_key(ip: str | None) -> str | None:
+    """The per-IP counter's key. An IPv6 caller counts by its /64 (one subscriber's usual allocation, which a
+    guesser could otherwise walk address by address); IPv4, and anything that is not an address, as written."""
+    if not ip:
+        return None
+    try:
+        address = ipaddress.ip_address(ip)
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.ipv4_mapped is not None:
+                return str(address.ipv4_mapped)
+            return str(ipaddress.IPv6Network((address.packed, 64), strict=False))
+        return str(address)
+    except ValueError:
+        return ip
+
+
+def screen(uow: UnitOfWork, code: str, *, user_id: uuid.UUID, ip: str | None, now: datetime) -> Discount | None:
+    """The discount `code` names, asked under the guessing throttle. A user or source IP past its limit of unknown
+    codes gets 429 `too_many_attempts`, for a valid code too (else the answer would still tell codes apart). An
+    unknown code counts against both and is committed here (None is returned; the request goes on to fail, so
+    call this before writing anything). A known code neither counts nor clears the count: one valid code must
+    not reset a guesser's tally. It is answered only once no guess of the caller is still being counted."""
+    session = uow.session
+    keys: list[tuple[throttle.Scope, str]] = [("discount_user", str(user_id)), ("discount_ip", _ip_key(ip) or "")]
+    throttle.check(session, keys, now)
+    discount = find(session, code)
+    if discount is not None:
+        # A guess of this caller may be counting the limit's failure right now, and guesses racing it past the
+        # limit are refused: wait for it (share lock) and ask again, so an answer here never tells a known code
+        # from those refused guesses. Known codes of one caller still run side by side (shared locks).
+        throttle.hold(session, keys)
+        throttle.check(session, keys, now)
+        return discount
+    reached = {scope for scope, key in keys if throttle.record_failure(session, scope, key, now)}
+    try:
+        # Under the counter's row lock: a guess that raced past the check above after the limit was reached
+        # elsewhere is refused too (the one that reached it still gets its answer), so no window answers more.
+        throttle.check(session, [(scope, key) for scope, key in keys if scope not in reached], now)
+    except RateLimited:
+        uow.commit()
+        raise
+    uow.commit()
+    return None
 
 
 def restricted_to(session: Session, discount_id: uuid.UUID) -> set[uuid.UUID]:
@@ -108,6 +159,12 @@ def apply(
         raise _invalid("expired", "this discount has expired", valid_until=discount.valid_until.isoformat())
     if discount.type == "FIXED_AMOUNT" and (discount.currency or "").lower() != currency.lower():
         raise _invalid("currency_mismatch", "this discount is in another currency", currency=discount.currency)
+    # A minimum is an amount in the discount's currency: a cart in another one cannot be measured against it.
+    # (A minimum with no currency predates this rule and the admin API no longer accepts it.)
+    if discount.minimum_amount is not None and discount.currency and discount.currency.lower() != currency.lower():
+        raise _invalid(
+            "currency_mismatch", "this discount's minimum amount is in another currency", currency=discount.currency
+        )
     if discount.max_uses is not None and discount.current_uses + discount.reserved_uses >= discount.max_uses:
         raise _invalid("max_uses_reached", "this discount has been used up")
     if discount.max_uses_per_customer is not None:
@@ -227,20 +284,30 @@ def release(session: Session, order_id: uuid.UUID) -> bool:
 
 
 # --- validate (no use is taken) --------------------------------------------------------------------------------
-def validate(uow: UnitOfWork, user_id: uuid.UUID, *, code: str, items: Sequence[tuple[uuid.UUID, int]]) -> Verdict:
+def validate(
+    uow: UnitOfWork,
+    user_id: uuid.UUID,
+    *,
+    code: str,
+    items: Sequence[tuple[uuid.UUID, int]],
+    ip: str | None = None,
+    now: datetime | None = None,
+) -> Verdict:
     """Whether `code` applies to the cart `items` ((price id, quantity)) for `user_id` now, and how much it takes
-    off; nothing is reserved (a checkout may still find it used up)."""
+    off; nothing is reserved (a checkout may still find it used up). Asked under the guessing throttle (`screen`)
+    for `user_id` and the caller's source `ip`."""
     from tollgate.services import orders  # the cart is priced where orders are
 
+    now = now or utcnow()
     with uow:
         cart = orders.price_cart(uow.session, items)
-        discount = find(uow.session, code)
+        discount = screen(uow, code, user_id=user_id, ip=ip, now=now)
         if discount is None:
             return Verdict(False, Decimal(0), "unknown_code")
         try:
             applied = apply(
                 uow.session, discount, user_id=user_id, currency=cart.currency, lines=cart.priced_lines(),
-                now=utcnow(), recurring=cart.recurring,
+                now=now, recurring=cart.recurring,
             )  # fmt: skip
         except DiscountInvalid as exc:
             details = exc.details if isinstance(exc.details, dict) else {}
@@ -251,8 +318,40 @@ def validate(uow: UnitOfWork, user_id: uuid.UUID, *, code: str, items: Sequence[
 # --- admin ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class DiscountView:
-    discount: Discount
-    product_ids: list[uuid.UUID]
+    """A discount as the admin reads it: plain values made inside the unit of work (no ORM row outlives its
+    session), with the products it is restricted to (none: every product)."""
+
+    id: uuid.UUID
+    code: str
+    name: str
+    description: str | None
+    type: str  # PERCENTAGE or FIXED_AMOUNT
+    value: Decimal
+    currency: str | None
+    max_uses: int | None
+    max_uses_per_customer: int | None
+    current_uses: int
+    reserved_uses: int
+    valid_from: datetime | None
+    valid_until: datetime | None
+    minimum_amount: Decimal | None
+    first_time_only: bool
+    active: bool
+    provider_coupon_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    product_ids: tuple[uuid.UUID, ...]
+
+
+def _discount_view(d: Discount, product_ids: Sequence[uuid.UUID]) -> DiscountView:
+    return DiscountView(
+        id=d.id, code=d.code, name=d.name, description=d.description, type=d.type, value=d.value,
+        currency=d.currency, max_uses=d.max_uses, max_uses_per_customer=d.max_uses_per_customer,
+        current_uses=d.current_uses, reserved_uses=d.reserved_uses, valid_from=d.valid_from,
+        valid_until=d.valid_until, minimum_amount=d.minimum_amount, first_time_only=d.first_time_only,
+        active=d.active, provider_coupon_id=d.provider_coupon_id, created_at=d.created_at, updated_at=d.updated_at,
+        product_ids=tuple(product_ids),
+    )  # fmt: skip
 
 
 FIELDS = (
@@ -270,9 +369,12 @@ def _values(discount: Discount, product_ids: Sequence[uuid.UUID]) -> dict[str, A
     return values
 
 
-def _check(discount: Discount) -> None:
+def _check(discount: Discount, *, minimum_rule: bool = True) -> None:
     if discount.type == "FIXED_AMOUNT" and not discount.currency:
         raise ValidationFailed("a fixed-amount discount needs a currency", details={"field": "currency"})
+    # A minimum amount means nothing without its currency (the cart's number may be yen or dollars).
+    if minimum_rule and discount.minimum_amount is not None and not discount.currency:
+        raise ValidationFailed("a minimum amount needs the discount's currency", details={"field": "currency"})
     if discount.type == "PERCENTAGE" and discount.value > 100:
         raise ValidationFailed("a percentage is at most 100", details={"field": "value"})
     if discount.valid_from and discount.valid_until and discount.valid_until <= discount.valid_from:
@@ -328,9 +430,8 @@ def create_discount(uow: UnitOfWork, actor: Actor, *, product_ids: Sequence[uuid
             session, actor, action="discount.create", target_type="discount", target_id=str(discount.id),
             new_values=_values(discount, product_ids),
         )  # fmt: skip
+        view = _discount_view(discount, sorted(set(product_ids)))
         uow.commit()
-        view = DiscountView(discount, sorted(set(product_ids)))
-        session.expunge_all()
     return view
 
 
@@ -358,7 +459,8 @@ def update_discount(
             if name == "currency" and value:
                 value = str(value).lower()
             setattr(discount, name, value)
-        _check(discount)
+        # A row from before the minimum's currency rule can still be switched off or renamed without fixing it.
+        _check(discount, minimum_rule=bool({"minimum_amount", "currency", "type"} & changes.keys()))
         _flush_unique(session, discount.code)
         after_products = before_products if product_ids is None else sorted(set(product_ids))
         if product_ids is not None:
@@ -368,9 +470,8 @@ def update_discount(
             session, actor, action="discount.update", target_type="discount", target_id=str(discount.id),
             old_values=old, new_values=_values(discount, after_products),
         )  # fmt: skip
+        view = _discount_view(discount, after_products)
         uow.commit()
-        view = DiscountView(discount, after_products)
-        session.expunge_all()
     return view
 
 
@@ -392,6 +493,5 @@ def list_discounts(
                 select(ProductDiscount).where(ProductDiscount.discount_id.in_(ids))
             ).scalars():
                 links[link.discount_id].append(link.product_id)
-        views = [DiscountView(d, sorted(links[d.id])) for d in page.items]
-        uow.session.expunge_all()
+        views = [_discount_view(d, sorted(links[d.id])) for d in page.items]
     return Page(items=views, next_cursor=page.next_cursor)

@@ -4,8 +4,14 @@ Export: every row Tollgate keeps about the person, section by section, as plain 
 as strings). Hashes and secrets (password, TOTP, refresh-token, key and code hashes) never appear; staff-only
 order notes and internal ticket notes neither, nor what the audit trail holds of other people (see
 `audit_view`; a staff member's replies on other customers' tickets are not in the staff member's export). A
-section holds at most `EXPORT_MAX_ROWS` rows, newest first, and names itself in `truncated` when it holds more
-(the answer is one Lambda response). Audited.
+section holds at most `EXPORT_MAX_ROWS` rows, newest first, and names itself in `truncated` when it holds more.
+The answer is one Lambda response (at most 6 MB): an export whose JSON would take more than
+`GDPR_EXPORT_INLINE_MAX_BYTES` of it is stored instead, as that very JSON, at `exports/<user>/<id>.json` in the
+files store, and answered with a presigned GET valid `GDPR_EXPORT_URL_SECONDS` (S3 lifecycle removes it after a
+day). Audited (`user.export`, saying which form): an inline export in its reading transaction, a stored one once
+the object is stored (an export that failed to store leaves no audit row; its stray object nobody was given a URL
+for expires with the rest). An erasure removes the person's stored exports, and an export that an erasure
+overtook removes its own object and answers `UserErased`.
 
 Erase: the person goes, the accounting stays.
 - the user row stays (its id is what the ledger, grants, purchases, invoices, subscriptions, refunds and orders
@@ -22,7 +28,8 @@ Erase: the person goes, the accounting stays.
 - support tickets and their messages are kept (the desk's history), as are product reviews (they show no name
   once the user row has none);
 - files: every object and row, through `files.erase_user_files`, after the transaction above commits (the store
-  is never called holding a row lock; the account is already unusable, so no new upload can start).
+  is never called holding a row lock; the account is already unusable, so no new upload can start); and every
+  stored export under `exports/<user>/`.
 It refuses while a provider may still bill the person (`SubscriptionStillBilling`), an admin's own account
 (`OwnAccessChange`) and the last active admin (`LastAdmin`). It is idempotent: a second call changes nothing in
 the database, finishes removing files a first call could not, and is audited as a repeat. The audit row names
@@ -31,19 +38,21 @@ the user by id only (audit rows are append-only and would otherwise keep the add
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, inspect, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
-from tollgate.db.base import Base, utcnow
-from tollgate.errors import SubscriptionStillBilling
+from tollgate.db.base import Base, new_id, utcnow
+from tollgate.errors import SubscriptionStillBilling, UserErased
 from tollgate.models.auth import (
     ApiKey,
     AuthSession,
@@ -76,9 +85,11 @@ from tollgate.services.user_admin import (
     lock_for_access_change,
     require_admin_now,
 )
-from tollgate.storage import Storage
+from tollgate.storage import WritableStorage
 
 EXPORT_MAX_ROWS = 5000
+EXPORT_PREFIX = "exports/"  # outside users' `users/` prefix: no file route can name it
+EXPORT_CONTENT_TYPE = "application/json"
 ERASED_DOMAIN = "erased.invalid"  # RFC 2606: never routable, so no mail can reach anyone
 ERASED_SUBJECT = "[erased]"
 # Columns that never leave the database, whichever table holds them.
@@ -88,6 +99,11 @@ SECRET_COLUMNS = frozenset(
 )  # fmt: skip
 CANCELLED = frozenset({"canceled", "cancelled"})
 OWN_ACCOUNT_ACTIONS = "auth."  # security events: the person acting on their own sessions, keys and sign-ins
+
+
+def export_prefix(user_id: uuid.UUID) -> str:
+    """Where the user's stored exports are (and only theirs: a user id is never a prefix of another)."""
+    return f"{EXPORT_PREFIX}{user_id}/"
 
 
 def erased_email(user_id: uuid.UUID) -> str:
@@ -126,6 +142,46 @@ class Export:
     profile: dict[str, Any]
     sections: dict[str, list[dict[str, Any]]]
     truncated: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredExport:
+    """An export too large to answer inline: stored, and fetched with a short-lived URL."""
+
+    user_id: uuid.UUID
+    generated_at: datetime
+    truncated: list[str]
+    download_url: str
+    expires_at: datetime
+    bytes: int
+
+
+def json_time(value: datetime) -> str:
+    """A UTC time as the API writes one (pydantic's form: `Z`, not `+00:00`)."""
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def export_document(export: Export) -> dict[str, Any]:
+    """The export as the inline answer carries it: the same fields in the same order."""
+    return {
+        "user_id": str(export.user_id),
+        "generated_at": json_time(export.generated_at),
+        "profile": export.profile,
+        "sections": export.sections,
+        "truncated": export.truncated,
+    }
+
+
+def export_json(export: Export) -> bytes:
+    """The inline answer's body, byte for byte: compact, non-ASCII escaped, as the resolver serialises it."""
+    return json.dumps(export_document(export), separators=(",", ":")).encode("ascii")
+
+
+def response_bytes(body: bytes) -> int:
+    """How much of Lambda's response `body` would take: the response is JSON too, so the body is one JSON string,
+    its quotes and backslashes escaped once more (the body is ASCII without control characters: nothing else is).
+    Data full of quotes or backslashes can nearly double, which a bound on the body alone would miss."""
+    return len(body) + body.count(b'"') + body.count(b"\\") + 2
 
 
 def _sections(user_id: uuid.UUID) -> list[tuple[str, type[Base], ColumnElement[bool], Sequence[Any]]]:
@@ -194,15 +250,18 @@ def audit_view(row: AuditLog, user_id: uuid.UUID) -> dict[str, Any]:
     return out
 
 
-def export_user(uow: UnitOfWork, actor: Actor, user_id: uuid.UUID) -> Export:
-    """The user's data as JSON values, read in one snapshot; the export is audited in the same transaction."""
+def export_user(uow: UnitOfWork, storage: WritableStorage, actor: Actor, user_id: uuid.UUID) -> Export | StoredExport:
+    """The user's data as JSON values, read in one snapshot: inline when it fits one response (audited in the same
+    transaction), else stored and linked (audited once stored; the store is called outside any transaction)."""
     require_role(actor, ADMIN)
+    settings = get_settings()
     with uow:
         session = uow.session
         # One snapshot for every section; SET TRANSACTION lasts one transaction, so a pooler loses nothing.
         session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
         require_admin_now(actor, current_admins(session, lock=False))
         user = find_user(session, user_id)
+        erased_before = is_erased(user)
         profile = row_dict(user)
         profile["has_password"] = user.password_hash is not None
         sections: dict[str, list[dict[str, Any]]] = {}
@@ -215,12 +274,43 @@ def export_user(uow: UnitOfWork, actor: Actor, user_id: uuid.UUID) -> Export:
                 found = found[:EXPORT_MAX_ROWS]
             sections[name] = found
         now = utcnow()
-        authz.audit(
-            session, actor, action="user.export", target_type="user", target_id=str(user_id),
-            details={"rows": {name: len(rows) for name, rows in sections.items()}, "truncated": truncated}, now=now,
-        )  # fmt: skip
-        uow.commit()
-    return Export(user_id=user_id, generated_at=now, profile=profile, sections=sections, truncated=truncated)
+        export = Export(user_id=user_id, generated_at=now, profile=profile, sections=sections, truncated=truncated)
+        body = export_json(export)
+        counts = {name: len(found) for name, found in sections.items()}
+        if response_bytes(body) <= settings.gdpr_export_inline_max_bytes:
+            authz.audit(
+                session, actor, action="user.export", target_type="user", target_id=str(user_id),
+                details={"rows": counts, "truncated": truncated, "form": "inline", "bytes": len(body)}, now=now,
+            )  # fmt: skip
+            uow.commit()
+            return export
+    key = f"{export_prefix(user_id)}{new_id()}.json"
+    storage.put(key, body, content_type=EXPORT_CONTENT_TYPE)
+    with uow:
+        # An erasure that committed since the snapshot may have looked for this user's exports before this one was
+        # stored: the erased person's data must not stay behind it. The row lock orders the two: an erasure that
+        # commits after this transaction lists its exports later still, so finds this one (stored already).
+        status = uow.session.execute(select(User.status).where(User.id == user_id).with_for_update(read=True))
+        erased_meanwhile = status.scalar_one() == UserStatus.DELETED and not erased_before
+        if not erased_meanwhile:
+            authz.audit(
+                uow.session, actor, action="user.export", target_type="user", target_id=str(user_id),
+                details={"rows": counts, "truncated": truncated, "form": "stored", "bytes": len(body), "key": key},
+            )  # fmt: skip
+            uow.commit()
+    if erased_meanwhile:
+        storage.delete([key])
+        raise UserErased("the user was erased while the export was being made", details={"user_id": str(user_id)})
+    expires_in = settings.gdpr_export_url_seconds
+    # Whole seconds, taken before signing (which also counts in whole seconds): never later than the URL's own.
+    expires_at = utcnow().replace(microsecond=0) + timedelta(seconds=expires_in)
+    url = storage.presign_get(
+        key, expires_in=expires_in, filename=f"export-{user_id}.json", content_type=EXPORT_CONTENT_TYPE
+    )
+    return StoredExport(
+        user_id=user_id, generated_at=now, truncated=truncated, download_url=url, expires_at=expires_at,
+        bytes=len(body),
+    )  # fmt: skip
 
 
 # --- erase ----------------------------------------------------------------------------------------------------
@@ -231,6 +321,7 @@ class Erasure:
     already_erased: bool
     removed: dict[str, int]
     files_removed: int
+    exports_removed: int = 0
 
 
 def _still_billing(session: Session, user_id: uuid.UUID) -> list[Subscription]:
@@ -298,7 +389,7 @@ def _anonymise(session: Session, user: User, now: datetime) -> dict[str, int]:
     return removed
 
 
-def erase_user(uow: UnitOfWork, storage: Storage, actor: Actor, user_id: uuid.UUID) -> Erasure:
+def erase_user(uow: UnitOfWork, storage: WritableStorage, actor: Actor, user_id: uuid.UUID) -> Erasure:
     """Erase the person, keep the accounting (see the module's docstring). Idempotent."""
     require_role(actor, ADMIN)
     with uow:
@@ -329,6 +420,11 @@ def erase_user(uow: UnitOfWork, storage: Storage, actor: Actor, user_id: uuid.UU
         erased_at = user.deleted_at or now
         uow.commit()
     files_removed = files.erase_user_files(uow, storage, user_id)
+    # Stored exports too: each is the person's data whole (found by listing, so one whose audit row never got
+    # written goes as well).
+    exports = storage.list_keys(export_prefix(user_id))
+    storage.delete(exports)
     return Erasure(
-        user_id=user_id, erased_at=erased_at, already_erased=already, removed=removed, files_removed=files_removed
-    )
+        user_id=user_id, erased_at=erased_at, already_erased=already, removed=removed, files_removed=files_removed,
+        exports_removed=len(exports),
+    )  # fmt: skip

@@ -15,7 +15,11 @@ Money safety, in three steps (no Stripe call while a lock is held):
 A refund's status moves once out of PENDING (`settle`): SUCCEEDED moves its amount from pending to refunded,
 FAILED/CANCELED release it. A fully refunded order becomes REFUNDED (payment status REFUNDED) and its items lose
 download access; a partial refund leaves it COMPLETED with its refunded amount. Credits of a pack order are clawed
-back by the purchase's own `charge.refunded` path, never here.
+back by the purchase's own `charge.refunded` path, never here; a refund that fails (after it succeeded, or while
+pending) gives back what that claw-back took for it (`_return_pack_credits`), once, through the ledger.
+
+Refunds no event settles (Stripe's answer and webhooks lost) are looked up at Stripe by ProviderReconciliation's
+refund sweep (tollgate.services.refund_sweep), which settles them through the webhooks' own path.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from tollgate import ledger
 from tollgate.db import UnitOfWork
 from tollgate.db.base import new_id, utcnow
 from tollgate.errors import (
@@ -39,11 +44,12 @@ from tollgate.errors import (
     ValidationFailed,
 )
 from tollgate.models.commerce import Order, OrderItem
-from tollgate.models.payments import Refund
+from tollgate.models.payments import Purchase, Refund
 from tollgate.outbox import EventType, emit
 from tollgate.payments import adapters
 from tollgate.payments.money import exponent, to_minor
 from tollgate.services.authz import ADMIN, Actor, audit, require_role
+from tollgate.services.payment_events.handling import reversal_target
 
 PROVIDER = "stripe"
 REASONS = ("requested_by_customer", "duplicate", "fraudulent", "subscription_canceled", "other")
@@ -56,6 +62,10 @@ KIND = "refund"
 # call gives up within seconds), so Stripe's list of the charge's refunds says whether it was ever made.
 UNANSWERED_AFTER = timedelta(minutes=15)
 NOT_MADE = "not_made_at_stripe"
+# A pack purchase's metadata: {Stripe refund id: minor amount} of its charge's refunds that failed or were canceled
+# (final at Stripe), and of those its claw-back's last step counted when Stripe listed them.
+FAILED_REFUNDS = "failed_refunds_by_id"
+COUNTED_REFUNDS = "counted_refunds_by_id"
 LISTED_AT_MOST = 100  # one page of Stripe's refund list (adapters.StripeAdapter.list_charge_refunds)
 
 
@@ -119,6 +129,7 @@ def refundable(order: Order) -> Decimal:
 
 # --- the one status change ---------------------------------------------------------------------------------------
 def lock_order(session: Session, order_id: uuid.UUID) -> Order | None:
+    session.flush()  # populate_existing reloads the row: changes not yet written would be lost
     return session.get(Order, order_id, with_for_update=True, populate_existing=True)
 
 
@@ -149,8 +160,10 @@ def settle(
     refund.status = new
     refund.processed_at = now
     if new != "SUCCEEDED":
-        if failure:
-            refund.metadata_ = {**refund.metadata_, "failure_reason": failure}
+        # A refund failing while pending may already be counted by the purchase's claw-back (charge.refunded
+        # comes when the refund is made, pending or not): its credits come back the same way.
+        returned = _return_pack_credits(session, order, refund, now)
+        refund.metadata_ = {**refund.metadata_, **({"failure_reason": failure} if failure else {}), **returned}
         return new
     order.refunded_amount += refund.amount
     if order.refunded_amount >= order.total_amount:
@@ -247,13 +260,15 @@ def resolve_unanswered(session: Session, order: Order, listed: list[dict[str, An
 def _failed_after_success(session: Session, order: Order, refund: Refund, now: datetime, failure: str | None) -> str:
     """Stripe can fail a refund after it succeeded (the card was closed: the money went back to the balance). Failed
     is final at Stripe, so this is never an older event: the amount leaves `refunded_amount` again, an order that
-    drops below its total is COMPLETED again and its items' access (only a full refund revokes it) comes back.
-    Without it the order would stay refunded, and a refund re-issued in the dashboard would never fit."""
+    drops below its total is COMPLETED again and its items' access (only a full refund revokes it) comes back, and
+    a pack order gets back the credits its claw-back took (`_return_pack_credits`). Without it the order would stay
+    refunded, a refund re-issued in the dashboard would never fit, and the buyer would lose paid-for credits."""
+    returned = _return_pack_credits(session, order, refund, now)
     order.refunded_amount -= refund.amount
     refund.status = "FAILED"
     refund.processed_at = now
     refund.metadata_ = {**refund.metadata_, "failed_after_success": True, **({"failure_reason": failure} if failure
-                                                                             else {})}  # fmt: skip
+                                                                             else {}), **returned}  # fmt: skip
     if order.status == "REFUNDED" and order.refunded_amount < order.total_amount:
         order.status, order.payment_status = "COMPLETED", "SUCCEEDED"
         session.execute(
@@ -262,6 +277,91 @@ def _failed_after_success(session: Session, order: Order, refund: Refund, now: d
             .values(access_revoked_at=None)
         )
     return "FAILED"
+
+
+def pack_refund_failed(session: Session, order: Order, refund: Refund, now: datetime) -> dict[str, Any]:
+    """A refund of `order` first recorded already failed (stripe_refund_events._external): what
+    `_return_pack_credits` gives back for it (the purchase locked before the order)."""
+    return _return_pack_credits(session, order, refund, now)
+
+
+def returned_credits_key(refund: Refund) -> str:
+    """The source key of the grant that gives back a failed refund's clawed credits: one per Stripe refund, so no
+    replay (of either event, or the sweep) can give them twice."""
+    return f"stripe:refund-failed:{refund.provider_refund_id or refund.id}"
+
+
+def _return_pack_credits(session: Session, order: Order, refund: Refund, now: datetime) -> dict[str, Any]:
+    """Give back, through the ledger, the credits the purchase's claw-back took for `refund` of a pack order (its
+    order locked, the purchase locked before it; called once, as `refund` leaves PENDING or SUCCEEDED for FAILED or
+    CANCELED), and move the purchase's own figures back.
+
+    Stripe's refund id goes into the purchase's FAILED_REFUNDS first, whatever was counted: failed is final, so
+    every later snapshot of the charge that still counts it (a stale or replayed charge.refunded) leaves it out
+    (stripe_refund_events.live_refunded) and the credits never depend on which event came first.
+
+    The claw-back (payment_events.handling.reverse_credits) counts cumulative money: `credits_reversed` is what
+    the refunded share asked back, `credits_clawed_back` what the grant still had (credits already spent stay
+    spent). With this refund's money no longer refunded the share asks back `target`, so what was clawed beyond
+    it is returned: never more than was taken, nothing when the buyer had spent it all. Whether the purchase
+    counted this refund: its COUNTED_REFUNDS names the refunds its last step counted, when Stripe listed them;
+    else (an amount-only step) the order's other live refunds are taken as counted first. Credits whose pack has
+    expired meanwhile would have expired anyway: not returned."""
+    if order.purchase_id is None or not refund.provider_refund_id:
+        return {}  # no Stripe id: Stripe never made it, so no snapshot of the charge ever counted it
+    session.flush()  # populate_existing reloads the purchase: the claw-back's changes must be written first
+    purchase = session.get(Purchase, order.purchase_id, with_for_update=True, populate_existing=True)
+    if purchase is None:
+        return {}
+    stripe_id = refund.provider_refund_id
+    failed = {str(k): v for k, v in (purchase.metadata_.get(FAILED_REFUNDS) or {}).items()}
+    if stripe_id in failed:
+        return {"credits_returned": "0", "note": "this refund's failure was already counted"}
+    failed[stripe_id] = to_minor(refund.amount, refund.currency)
+    meta: dict[str, Any] = {**purchase.metadata_, FAILED_REFUNDS: failed}
+    listed = purchase.metadata_.get(COUNTED_REFUNDS)
+    if isinstance(listed, dict):
+        counted = refund.amount if stripe_id in listed else Decimal(0)
+        meta[COUNTED_REFUNDS] = {k: v for k, v in listed.items() if k != stripe_id}
+    else:
+        others = session.execute(
+            select(func.coalesce(func.sum(Refund.amount), 0)).where(
+                Refund.order_id == order.id, Refund.id != refund.id, Refund.provider_refund_id.is_not(None),
+                Refund.status.in_(("PENDING", "SUCCEEDED")),
+            )
+        ).scalar_one()  # fmt: skip
+        counted = max(purchase.refunded_amount - Decimal(others), Decimal(0))
+    counted = min(refund.amount, counted, purchase.refunded_amount)
+    purchase.metadata_ = meta
+    if counted <= 0:
+        return {"credits_returned": "0", "note": "the purchase had not counted this refund"}
+    target = reversal_target(purchase.credits, purchase.amount, purchase.refunded_amount - counted
+                             + purchase.disputed_amount)  # fmt: skip
+    give = max(purchase.credits_clawed_back - target, Decimal(0))
+    purchase.refunded_amount -= counted
+    purchase.credits_reversed = min(purchase.credits_reversed, target)
+    purchase.credits_clawed_back -= give
+    if purchase.status in ("refunded", "partially_refunded"):
+        purchase.status = "partially_refunded" if purchase.refunded_amount > 0 else "completed"
+    # The claw-back keys its steps by the charge's cumulative refunded amount, which now falls back: a later
+    # refund reaching the same amount is a new step (stripe_events.charge_refunded reads this count).
+    purchase.metadata_ = {**purchase.metadata_, "failed_refunds": int(purchase.metadata_.get("failed_refunds", 0)) + 1}
+    detail: dict[str, Any] = {"credits_returned": str(give), "purchase_id": str(purchase.id)}
+    if give <= 0:
+        return detail
+    if purchase.expires_at is not None and purchase.expires_at <= now:
+        return {**detail, "credits_returned": "0", "credits_expired": str(give)}
+    key = returned_credits_key(refund)
+    granted = ledger.grant(
+        session, purchase.user_id, kind="purchase", amount=give, source_key=key, expires_at=purchase.expires_at,
+        metadata={"provider": PROVIDER, "purchase_id": str(purchase.id), "order_id": str(order.id),
+                  "refund_id": str(refund.id), "provider_refund_id": refund.provider_refund_id,
+                  "returned": "refund failed after it succeeded"},
+        now=now,
+    )  # fmt: skip
+    keys = [str(k) for k in purchase.metadata_.get("returned_grant_keys", [])]
+    purchase.metadata_ = {**purchase.metadata_, "returned_grant_keys": [*keys, key]}
+    return {**detail, "credits_grant_id": str(granted.grant_id)}
 
 
 # --- POST /admin/orders/{order_id}/refunds ----------------------------------------------------------------------
@@ -277,7 +377,7 @@ def _fingerprint(amount: Decimal | None, reason: str, notes: str | None) -> dict
     return {"amount": _money(amount.normalize()) if amount is not None else None, "reason": reason, "notes": notes}
 
 
-def _request(order: Order, refund: Refund) -> adapters.RefundRequest:
+def refund_request(order: Order, refund: Refund) -> adapters.RefundRequest:
     return adapters.RefundRequest(
         payment_intent_id=order.provider_payment_intent_id,
         charge_id=order.provider_charge_id,
@@ -301,7 +401,7 @@ def _replayed(session: Session, order: Order, key: str, fingerprint: dict[str, A
         )
     # Not answered yet (the first call died or is still running): ask Stripe again with the same key.
     pending = found.status == "PENDING" and found.provider_refund_id is None
-    return _Reserved(found.id, order.id, _request(order, found) if pending else None)
+    return _Reserved(found.id, order.id, refund_request(order, found) if pending else None)
 
 
 def _reserve(
@@ -380,28 +480,38 @@ def _reserve(
             },
             now=now,
         )  # fmt: skip
-        reserved = _Reserved(refund.id, order.id, _request(order, refund))
+        reserved = _Reserved(refund.id, order.id, refund_request(order, refund))
         uow.commit()
     return reserved
+
+
+def record_answer(
+    session: Session, order: Order, refund: Refund, answer: adapters.RefundAnswer, now: datetime
+) -> str | None:
+    """Stripe's answer to `POST /v1/refunds` for `refund` (of `order`, both locked): a refusal fails it, a refund
+    gives it its Stripe id and status. Returns what `settle` moved."""
+    if refund.provider_refund_id not in (None, answer.refund_id):
+        # A webhook tied the row to another Stripe refund meanwhile: that refund's events settle it, and this
+        # answer's refund (if one was made) arrives by its own events, counted as a refund of the charge.
+        return None
+    if answer.refused:
+        refund.metadata_ = {**refund.metadata_, "refused": {"code": answer.refused_code, "message": answer.message}}
+        return settle(session, order, refund, "failed", now, failure=answer.refused_code)
+    refund.provider_refund_id = answer.refund_id
+    failure = (answer.raw or {}).get("failure_reason")
+    return settle(session, order, refund, answer.status, now, failure=str(failure) if failure else None)
 
 
 def _record(uow: UnitOfWork, reserved: _Reserved, answer: adapters.RefundAnswer, now: datetime) -> None:
     with uow:
         session = uow.session
+        purchase_id = session.execute(select(Order.purchase_id).where(Order.id == reserved.order_id)).scalar()
+        if purchase_id is not None:  # before the order, as charge.refunded locks them: a failed answer may give back
+            session.get(Purchase, purchase_id, with_for_update=True)
         order = lock_order(session, reserved.order_id)
         refund = session.get(Refund, reserved.refund_id, with_for_update=True, populate_existing=True)
         assert order is not None and refund is not None
-        if refund.provider_refund_id not in (None, answer.refund_id):
-            # A webhook tied the row to another Stripe refund meanwhile: that refund's events settle it, and this
-            # answer's refund (if one was made) arrives by its own events, counted as a refund of the charge.
-            pass
-        elif answer.refused:
-            refund.metadata_ = {**refund.metadata_, "refused": {"code": answer.refused_code, "message": answer.message}}
-            settle(session, order, refund, "failed", now, failure=answer.refused_code)
-        else:
-            refund.provider_refund_id = answer.refund_id
-            failure = (answer.raw or {}).get("failure_reason")
-            settle(session, order, refund, answer.status, now, failure=str(failure) if failure else None)
+        record_answer(session, order, refund, answer, now)
         uow.commit()
 
 

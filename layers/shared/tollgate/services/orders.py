@@ -246,9 +246,11 @@ def checkout(
     success_url: str,
     cancel_url: str,
     idempotency_key: str | None = None,
+    ip: str | None = None,
 ) -> CheckoutResult:
     """Create the order and its Stripe Checkout session (see the module's steps). The same Idempotency-Key with
-    the same cart answers the same order; with another cart, 409."""
+    the same cart answers the same order; with another cart, 409. A discount code is looked up under the guessing
+    throttle for the buyer and the source `ip` (`discounts.screen`): an unknown one counts and leaves no order."""
     fingerprint = _fingerprint(items, discount_code, success_url, cancel_url)
     key = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else None
     now = utcnow()
@@ -259,6 +261,10 @@ def checkout(
         if isinstance(earlier, CheckoutResult):
             return earlier
         if earlier is None:
+            if discount_code and discounts.screen(uow, discount_code, user_id=user.id, ip=ip, now=now) is None:
+                raise DiscountInvalid(
+                    "no such discount code", details={"reason": "unknown_code", "code": discount_code}
+                )
             target = _create(
                 session, user, items=items, discount_code=discount_code, success_url=success_url,
                 cancel_url=cancel_url, fingerprint=fingerprint, key=key, now=now,
@@ -598,24 +604,44 @@ def plan_order(
     subscription: Subscription,
     plan_id: uuid.UUID,
     plan_name: str,
-    checkout_id: str,
     amount: Decimal,
     currency: str,
     now: datetime,
     paid: bool,
-) -> Order:
-    """The order of a plan's first payment (one item, kind plan), fulfilled through `fulfil_order` once paid."""
-    order = session.execute(
-        select(Order).where(Order.provider == "stripe", Order.provider_checkout_id == checkout_id).with_for_update()
-    ).scalar_one_or_none()
+    provider: str = "stripe",
+    checkout_id: str | None = None,
+) -> Order | None:
+    """The plan's order (one item, kind plan), fulfilled through `fulfil_order` once paid: one per subscription,
+    made by its first paid period. Every provider calls this on every plan charge of more than nothing (a checkout,
+    a first invoice, a trial's first renewal, a renewal); the first makes the order with that charge's amount and
+    currency, the later ones find it and make none. A charge of nothing (a free trial) is no sale: None.
+    The order is keyed `subscription:<provider subscription id>` (unique per provider), so two events racing for it
+    make one row: the loser fails on the key, rolls back and applies on the provider's retry. `checkout_id`: the
+    checkout that made the charge (a Stripe session), kept in the metadata; orders made before the key named the
+    subscription were keyed by it, so it and the subscription link (set on every plan order) find those too."""
+    key = f"subscription:{subscription.provider_subscription_id}"
+    keys = [key] if checkout_id is None else [key, checkout_id]
+    first = (Order.created_at, Order.id)
+    by_key = select(Order).where(Order.provider == provider, Order.provider_checkout_id.in_(keys))
+    order = session.execute(by_key.order_by(*first).limit(1).with_for_update()).scalar_one_or_none()
+    if order is None:  # through the user's own orders (indexed), not a scan of every order
+        by_link = select(Order).where(
+            Order.user_id == user_id, Order.provider == provider, Order.subscription_id == subscription.id
+        )
+        order = session.execute(by_link.order_by(*first).limit(1).with_for_update()).scalar_one_or_none()
     items = None
     if order is None:
         amount = money(amount, currency)
+        if amount <= 0:
+            return None
         order, items = _one_item_order(
-            session, user_id=user_id, provider="stripe", checkout_id=checkout_id, amount=amount, currency=currency,
+            session, user_id=user_id, provider=provider, checkout_id=key, amount=amount, currency=currency,
             item=OrderItem(id=new_id(), kind="plan", plan_id=plan_id, name=plan_name, quantity=1, unit_price=amount,
                            total_price=amount),
         )  # fmt: skip
+        order.subscription_id = subscription.id  # linked while still unpaid: the subscription's later charges find it
+        if checkout_id is not None:
+            order.metadata_ = {**order.metadata_, "checkout_id": checkout_id}
     if paid and order.status == "PENDING":
         fulfil_order(session, order, now=now, subscription_id=subscription.id, items=items)
     if items is not None:
@@ -643,14 +669,85 @@ def release_stale(session: Session, now: datetime, grace: timedelta, limit: int)
     return released
 
 
-# --- reading -------------------------------------------------------------------------------------------------------
+# --- reading: views, plain values made inside the unit of work (no ORM row outlives its session) -----------------
+@dataclass(frozen=True, slots=True)
+class OrderItemView:
+    id: uuid.UUID
+    order_id: uuid.UUID
+    kind: str
+    product_id: uuid.UUID | None
+    price_id: uuid.UUID | None
+    pack_id: uuid.UUID | None
+    plan_id: uuid.UUID | None
+    name: str
+    product_type: str | None
+    quantity: int
+    unit_price: Decimal
+    total_price: Decimal  # unit price x quantity, before the discount and tax
+    discount_amount: Decimal
+    tax_amount: Decimal
+    download_limit: int | None
+    download_count: int
+    access_expires_at: datetime | None
+    access_revoked_at: datetime | None
+    fulfilled_at: datetime | None
+    created_at: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class OrderView:
-    order: Order
-    items: list[OrderItem]
+    """An order as its owner and staff read it (staff notes, provider ids and metadata stay in the row)."""
+
+    id: uuid.UUID
+    order_number: str
+    user_id: uuid.UUID
+    status: str
+    payment_status: str
+    currency: str
+    subtotal: Decimal
+    discount_amount: Decimal
+    tax_amount: Decimal
+    total_amount: Decimal
+    refunded_amount: Decimal
+    refund_pending_amount: Decimal
+    discount_id: uuid.UUID | None
+    discount_code: str | None
+    provider: str
+    payment_method: str | None
+    checkout_url: str | None
+    checkout_expires_at: datetime | None
+    paid_at: datetime | None
+    completed_at: datetime | None
+    cancelled_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    items: tuple[OrderItemView, ...]
 
 
-def _with_items(session: Session, orders: Sequence[Order]) -> list[OrderView]:
+def _item_view(i: OrderItem) -> OrderItemView:
+    return OrderItemView(
+        id=i.id, order_id=i.order_id, kind=i.kind, product_id=i.product_id, price_id=i.price_id, pack_id=i.pack_id,
+        plan_id=i.plan_id, name=i.name, product_type=i.product_type, quantity=i.quantity, unit_price=i.unit_price,
+        total_price=i.total_price, discount_amount=i.discount_amount, tax_amount=i.tax_amount,
+        download_limit=i.download_limit, download_count=i.download_count, access_expires_at=i.access_expires_at,
+        access_revoked_at=i.access_revoked_at, fulfilled_at=i.fulfilled_at, created_at=i.created_at,
+    )  # fmt: skip
+
+
+def _order_view(o: Order, items: Sequence[OrderItem]) -> OrderView:
+    return OrderView(
+        id=o.id, order_number=o.order_number, user_id=o.user_id, status=o.status, payment_status=o.payment_status,
+        currency=o.currency, subtotal=o.subtotal, discount_amount=o.discount_amount, tax_amount=o.tax_amount,
+        total_amount=o.total_amount, refunded_amount=o.refunded_amount, refund_pending_amount=o.refund_pending_amount,
+        discount_id=o.discount_id, discount_code=o.discount_code, provider=o.provider,
+        payment_method=o.payment_method, checkout_url=o.checkout_url, checkout_expires_at=o.checkout_expires_at,
+        paid_at=o.paid_at, completed_at=o.completed_at, cancelled_at=o.cancelled_at, created_at=o.created_at,
+        updated_at=o.updated_at, items=tuple(_item_view(i) for i in items),
+    )  # fmt: skip
+
+
+def _views(session: Session, orders: Sequence[Order]) -> list[OrderView]:
+    """`orders` with their items (one statement for all of them), as views."""
     ids = [o.id for o in orders]
     by_order: dict[uuid.UUID, list[OrderItem]] = {i: [] for i in ids}
     if ids:
@@ -659,7 +756,7 @@ def _with_items(session: Session, orders: Sequence[Order]) -> list[OrderView]:
         ).scalars()
         for item in rows:
             by_order[item.order_id].append(item)
-    return [OrderView(o, by_order[o.id]) for o in orders]
+    return [_order_view(o, by_order[o.id]) for o in orders]
 
 
 def list_orders(uow: UnitOfWork, user_id: uuid.UUID, *, cursor: str | None = None, limit: int = 20) -> Page[OrderView]:
@@ -668,8 +765,7 @@ def list_orders(uow: UnitOfWork, user_id: uuid.UUID, *, cursor: str | None = Non
             uow.session, select(Order).where(Order.user_id == user_id), Order.created_at, Order.id, cursor=cursor,
             limit=limit, descending=True,
         )  # fmt: skip
-        views = _with_items(uow.session, page.items)
-        uow.session.expunge_all()
+        views = _views(uow.session, page.items)
     return Page(items=views, next_cursor=page.next_cursor)
 
 
@@ -679,9 +775,7 @@ def get_order(uow: UnitOfWork, user_id: uuid.UUID, order_id: uuid.UUID) -> Order
         order = uow.session.get(Order, order_id)
         if order is None or order.user_id != user_id:
             raise OrderNotFound("no such order", details={"order_id": str(order_id)})
-        view = _with_items(uow.session, [order])[0]
-        uow.session.expunge_all()
-    return view
+        return _views(uow.session, [order])[0]
 
 
 def admin_list_orders(
@@ -709,6 +803,5 @@ def admin_list_orders(
         page = keyset_page(
             uow.session, statement, Order.created_at, Order.id, cursor=cursor, limit=limit, descending=True
         )
-        views = _with_items(uow.session, page.items)
-        uow.session.expunge_all()
+        views = _views(uow.session, page.items)
     return Page(items=views, next_cursor=page.next_cursor)

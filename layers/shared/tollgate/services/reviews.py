@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from sqlalchemy import exists, func, select, update
@@ -24,8 +25,23 @@ MAX_CONTENT = 5_000
 
 
 @dataclass(frozen=True, slots=True)
+class ReviewView:
+    """A review as shown to anyone (who wrote it is not part of it)."""
+
+    id: uuid.UUID
+    product_id: uuid.UUID
+    rating: int
+    title: str | None
+    content: str
+    verified: bool
+    helpful: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class ReviewPage:
-    items: list[ProductReview]
+    items: list[ReviewView]
     next_cursor: str | None
     average_rating: Decimal | None  # None while the product has no review
     count: int
@@ -36,6 +52,13 @@ class HelpfulVote:
     review_id: uuid.UUID
     helpful: int
     counted: bool  # False: the caller had already voted, nothing changed
+
+
+def _review_view(r: ProductReview) -> ReviewView:
+    return ReviewView(
+        id=r.id, product_id=r.product_id, rating=r.rating, title=r.title, content=r.content, verified=r.verified,
+        helpful=r.helpful, created_at=r.created_at, updated_at=r.updated_at,
+    )  # fmt: skip
 
 
 def list_reviews(uow: UnitOfWork, product_ref: str, *, cursor: str | None, limit: int | None) -> ReviewPage:
@@ -50,14 +73,14 @@ def list_reviews(uow: UnitOfWork, product_ref: str, *, cursor: str | None, limit
             s, select(ProductReview).where(ProductReview.product_id == product.id), ProductReview.id,
             cursor=cursor, limit=limit, descending=True,
         )  # fmt: skip
-        s.expunge_all()
+        items = [_review_view(r) for r in page.items]
     rating = Decimal(average).quantize(Decimal("0.01"), ROUND_HALF_UP) if average is not None else None
-    return ReviewPage(items=page.items, next_cursor=page.next_cursor, average_rating=rating, count=int(count))
+    return ReviewPage(items=items, next_cursor=page.next_cursor, average_rating=rating, count=int(count))
 
 
 def create_review(
     uow: UnitOfWork, user_id: uuid.UUID, product_ref: str, *, rating: int, title: str | None, content: str
-) -> ProductReview:
+) -> ReviewView:
     if not 1 <= rating <= 5:
         raise ValidationFailed("rating is 1-5", details={"field": "rating"})
     title = title.strip() if title else None
@@ -97,8 +120,9 @@ def create_review(
                     "you have already reviewed this product", details={"product_id": str(product_id)}
                 ) from None
             raise
+        view = _review_view(review)
         uow.commit()
-    return review
+    return view
 
 
 def vote_helpful(uow: UnitOfWork, user_id: uuid.UUID, review_id: uuid.UUID) -> HelpfulVote:

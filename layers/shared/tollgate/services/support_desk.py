@@ -11,6 +11,7 @@ Rules:
 - New replies are mailed to the other side after the commit, through the mail service (its anti-spam window: one
   message of a type to an address per MAIL_MIN_INTERVAL_SECONDS): a staff reply to the customer (a note never);
   a customer's reply to the assignee, or, unassigned, to the `support_inbox_email` setting (empty: nobody).
+- Answers are views (frozen dataclasses of plain values made inside the unit of work), never ORM rows.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
@@ -38,6 +40,7 @@ from tollgate.models.support import TICKET_PRIORITIES, TICKET_STATUSES, SupportT
 from tollgate.models.users import User, UserRole, UserStatus
 from tollgate.pagination import Page, keyset_page
 from tollgate.services.authz import ADMIN, SUPPORT, Actor, audit, require_role
+from tollgate.services.user_admin import OrderSummary, PurchaseSummary, order_summary, purchase_summary
 
 # Where each status may move on a staff change (a customer's reply reopens RESOLVED -> OPEN on its own).
 TRANSITIONS: Final[dict[str, frozenset[str]]] = {
@@ -54,28 +57,110 @@ SUBJECT_MAX = 255  # email_logs.subject
 CONTROL_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 
 
+# --- views: plain values made inside the unit of work (no ORM row outlives its session) ------------------------
 @dataclass(frozen=True, slots=True)
 class TicketView:
-    ticket: SupportTicket
-    messages: list[TicketMessage]
+    id: uuid.UUID
+    customer_id: uuid.UUID
+    assignee_id: uuid.UUID | None
+    subject: str
+    description: str
+    status: str
+    priority: str
+    created_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None
+    closed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    id: uuid.UUID
+    ticket_id: uuid.UUID
+    user_id: uuid.UUID
+    from_staff: bool
+    is_internal: bool
+    content: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TicketThread:
+    """A ticket with the messages its reader may see (a customer: no internal note)."""
+
+    ticket: TicketView
+    messages: tuple[MessageView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerView:
+    id: uuid.UUID
+    email: str
+    name: str | None
+    role: str
+    status: str
+    tier: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntryView:
+    id: uuid.UUID
+    type: str
+    amount: Decimal
+    balance_after: Decimal
+    operation: str | None
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class CustomerContext:
-    customer: User
+    customer: CustomerView
     balance: Decimal
     held: Decimal
     debt: Decimal
-    orders: list[Order]
-    purchases: list[Purchase]
-    transactions: list[CreditTransaction]
+    orders: tuple[OrderSummary, ...]
+    purchases: tuple[PurchaseSummary, ...]
+    transactions: tuple[LedgerEntryView, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class StaffTicketView:
-    ticket: SupportTicket
-    messages: list[TicketMessage]
+    ticket: TicketView
+    messages: tuple[MessageView, ...]
     context: CustomerContext
+
+
+def _ticket_view(t: SupportTicket) -> TicketView:
+    return TicketView(
+        id=t.id, customer_id=t.customer_id, assignee_id=t.assignee_id, subject=t.subject, description=t.description,
+        status=t.status, priority=t.priority, created_at=t.created_at, updated_at=t.updated_at,
+        resolved_at=t.resolved_at, closed_at=t.closed_at,
+    )  # fmt: skip
+
+
+def _message_view(m: TicketMessage) -> MessageView:
+    return MessageView(
+        id=m.id, ticket_id=m.ticket_id, user_id=m.user_id, from_staff=m.from_staff, is_internal=m.is_internal,
+        content=m.content, created_at=m.created_at,
+    )  # fmt: skip
+
+
+def _customer_view(u: User) -> CustomerView:
+    return CustomerView(
+        id=u.id, email=u.email, name=u.name, role=u.role, status=u.status, tier=u.tier, created_at=u.created_at
+    )
+
+
+def _ledger_entry_view(t: CreditTransaction) -> LedgerEntryView:
+    return LedgerEntryView(
+        id=t.id, type=t.type, amount=t.amount, balance_after=t.balance_after, operation=t.operation,
+        created_at=t.created_at,
+    )  # fmt: skip
+
+
+def _ticket_page(page: Page[SupportTicket]) -> Page[TicketView]:
+    return Page(items=[_ticket_view(t) for t in page.items], next_cursor=page.next_cursor)
 
 
 def _check_choice(field: str, value: str | None, allowed: Sequence[str]) -> None:
@@ -93,12 +178,12 @@ def _locked_ticket(session: Session, ticket_id: uuid.UUID, *, customer_id: uuid.
     return ticket
 
 
-def _messages(session: Session, ticket_id: uuid.UUID, *, internal: bool) -> list[TicketMessage]:
+def _messages(session: Session, ticket_id: uuid.UUID, *, internal: bool) -> tuple[MessageView, ...]:
     statement = select(TicketMessage).where(TicketMessage.ticket_id == ticket_id)
     if not internal:
         statement = statement.where(TicketMessage.is_internal.is_(False))
     latest = session.execute(statement.order_by(TicketMessage.id.desc()).limit(MESSAGES_SHOWN)).scalars().all()
-    return list(reversed(latest))
+    return tuple(_message_view(m) for m in reversed(latest))
 
 
 def _ticket_link(ticket: SupportTicket, *, staff: bool) -> str:
@@ -162,7 +247,7 @@ def _send(uow: UnitOfWork, mail: OutgoingMail | None) -> None:
 # --- the customer's own tickets -------------------------------------------------------------------------------
 def open_ticket(
     uow: UnitOfWork, customer_id: uuid.UUID, *, subject: str, description: str, priority: str | None = None
-) -> TicketView:
+) -> TicketThread:
     _check_choice("priority", priority, TICKET_PRIORITIES)
     with uow:
         session = uow.session
@@ -173,38 +258,36 @@ def open_ticket(
         session.add(ticket)
         session.flush()
         mail = _to_staff(session, ticket, None, "support_ticket_opened")
+        view = TicketThread(_ticket_view(ticket), ())
         uow.commit()
-        session.expunge_all()
     _send(uow, mail)
-    return TicketView(ticket, [])
+    return view
 
 
 def list_own_tickets(
     uow: UnitOfWork, customer_id: uuid.UUID, *, status: str | None, cursor: str | None, limit: int | None
-) -> Page[SupportTicket]:
+) -> Page[TicketView]:
     _check_choice("status", status, TICKET_STATUSES)
     statement = select(SupportTicket).where(SupportTicket.customer_id == customer_id)
     if status is not None:
         statement = statement.where(SupportTicket.status == status)
     with uow:
-        page = keyset_page(uow.session, statement, SupportTicket.id, cursor=cursor, limit=limit, descending=True)
-        uow.session.expunge_all()  # detached, loaded: the exit's rollback must not expire them
-    return page
+        return _ticket_page(
+            keyset_page(uow.session, statement, SupportTicket.id, cursor=cursor, limit=limit, descending=True)
+        )
 
 
-def own_ticket(uow: UnitOfWork, customer_id: uuid.UUID, ticket_id: uuid.UUID) -> TicketView:
+def own_ticket(uow: UnitOfWork, customer_id: uuid.UUID, ticket_id: uuid.UUID) -> TicketThread:
     with uow:
         ticket = uow.session.execute(
             select(SupportTicket).where(SupportTicket.id == ticket_id, SupportTicket.customer_id == customer_id)
         ).scalar_one_or_none()
         if ticket is None:
             raise TicketNotFound("no such ticket", details={"ticket_id": str(ticket_id)})
-        messages = _messages(uow.session, ticket_id, internal=False)
-        uow.session.expunge_all()
-    return TicketView(ticket, messages)
+        return TicketThread(_ticket_view(ticket), _messages(uow.session, ticket_id, internal=False))
 
 
-def customer_reply(uow: UnitOfWork, customer_id: uuid.UUID, ticket_id: uuid.UUID, *, content: str) -> TicketMessage:
+def customer_reply(uow: UnitOfWork, customer_id: uuid.UUID, ticket_id: uuid.UUID, *, content: str) -> MessageView:
     """The customer's public reply: refused on a CLOSED ticket, reopens a RESOLVED one, mailed to staff."""
     with uow:
         session = uow.session
@@ -223,10 +306,10 @@ def customer_reply(uow: UnitOfWork, customer_id: uuid.UUID, ticket_id: uuid.UUID
         session.add(message)
         session.flush()
         mail = _to_staff(session, ticket, message, "support_customer_reply")
+        view = _message_view(message)
         uow.commit()
-        session.expunge_all()
     _send(uow, mail)
-    return message
+    return view
 
 
 # --- the staff desk -------------------------------------------------------------------------------------------
@@ -240,7 +323,7 @@ def list_tickets(
     customer_id: uuid.UUID | None = None,
     cursor: str | None = None,
     limit: int | None = None,
-) -> Page[SupportTicket]:
+) -> Page[TicketView]:
     """Every ticket, newest first, filtered by status, priority, assignee and customer."""
     require_role(actor, ADMIN, SUPPORT)
     _check_choice("status", status, TICKET_STATUSES)
@@ -255,9 +338,9 @@ def list_tickets(
     if customer_id is not None:
         statement = statement.where(SupportTicket.customer_id == customer_id)
     with uow:
-        page = keyset_page(uow.session, statement, SupportTicket.id, cursor=cursor, limit=limit, descending=True)
-        uow.session.expunge_all()
-    return page
+        return _ticket_page(
+            keyset_page(uow.session, statement, SupportTicket.id, cursor=cursor, limit=limit, descending=True)
+        )
 
 
 def _context(session: Session, customer_id: uuid.UUID) -> CustomerContext:
@@ -282,13 +365,13 @@ def _context(session: Session, customer_id: uuid.UUID) -> CustomerContext:
     ).scalars()
     zero = Decimal(0)
     return CustomerContext(
-        customer=customer,
+        customer=_customer_view(customer),
         balance=account.balance if account else zero,
         held=account.held if account else zero,
         debt=account.debt if account else zero,
-        orders=list(orders),
-        purchases=list(purchases),
-        transactions=list(transactions),
+        orders=tuple(order_summary(o) for o in orders),
+        purchases=tuple(purchase_summary(p) for p in purchases),
+        transactions=tuple(_ledger_entry_view(t) for t in transactions),
     )
 
 
@@ -300,10 +383,9 @@ def staff_ticket(uow: UnitOfWork, actor: Actor, ticket_id: uuid.UUID) -> StaffTi
         ticket = session.get(SupportTicket, ticket_id)
         if ticket is None:
             raise TicketNotFound("no such ticket", details={"ticket_id": str(ticket_id)})
-        messages = _messages(session, ticket_id, internal=True)
-        context = _context(session, ticket.customer_id)
-        session.expunge_all()
-    return StaffTicketView(ticket, messages, context)
+        return StaffTicketView(
+            _ticket_view(ticket), _messages(session, ticket_id, internal=True), _context(session, ticket.customer_id)
+        )
 
 
 def _is_active_staff(user: User) -> bool:
@@ -322,7 +404,7 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, uuid.UUID) else value
 
 
-def update_ticket(uow: UnitOfWork, actor: Actor, ticket_id: uuid.UUID, changes: Mapping[str, Any]) -> SupportTicket:
+def update_ticket(uow: UnitOfWork, actor: Actor, ticket_id: uuid.UUID, changes: Mapping[str, Any]) -> TicketView:
     """Change a ticket's `status`, `priority` and/or `assignee_id` (None: unassigned). Fields not given stay."""
     require_role(actor, ADMIN, SUPPORT)
     unknown = set(changes) - {"status", "priority", "assignee_id"}
@@ -370,14 +452,14 @@ def update_ticket(uow: UnitOfWork, actor: Actor, ticket_id: uuid.UUID, changes: 
                 session, actor, action="support.ticket_update", target_type="support_ticket",
                 target_id=str(ticket.id), old_values=old, new_values=new,
             )  # fmt: skip
+        view = _ticket_view(ticket)
         uow.commit()
-        session.expunge_all()
-    return ticket
+    return view
 
 
 def staff_reply(
     uow: UnitOfWork, actor: Actor, ticket_id: uuid.UUID, *, content: str, internal: bool = False
-) -> TicketMessage:
+) -> MessageView:
     """A staff reply (mailed to the customer) or, `internal`, a note only staff ever see (never mailed)."""
     require_role(actor, ADMIN, SUPPORT)
     if actor.user_id is None:  # staff are users (the operator has no desk)
@@ -401,7 +483,7 @@ def staff_reply(
             new_values={"message_id": str(message.id), "internal": internal, "length": len(content)},
         )  # fmt: skip
         mail = None if internal else _to_customer(session, ticket, message)
+        view = _message_view(message)
         uow.commit()
-        session.expunge_all()
     _send(uow, mail)
-    return message
+    return view

@@ -11,6 +11,8 @@
   Every change that touches an admin locks the active admins' rows (in id order, before the target's), so two
   admins demoting each other at once cannot both succeed.
 - Role and status changes are audited with old and new values in the transaction that makes them.
+- Answers are views (frozen dataclasses of plain values made inside the unit of work), never ORM rows; the
+  session-level helpers below (`find_user`, `lock_for_access_change`, ...) serve other services' transactions.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
@@ -55,15 +58,149 @@ class UserFilters:
     created_until: datetime | None = None
 
 
+# --- views: plain values made inside the unit of work (no ORM row outlives its session) ------------------------
+@dataclass(frozen=True, slots=True)
+class UserView:
+    id: uuid.UUID
+    email: str
+    name: str | None
+    username: str | None
+    role: str
+    status: str
+    tier: str
+    email_verified: bool
+    two_factor_enabled: bool
+    erased: bool
+    created_at: datetime
+    last_login_at: datetime | None
+    deleted_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileView(UserView):
+    image: str | None
+    timezone: str
+    language: str
+    clerk_id: str | None
+    stripe_customer_id: str | None
+    trial_started_at: datetime | None
+    trial_ends_at: datetime | None
+    trial_used: bool
+    downgrade_count: int
+    last_plan_change_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceView:
+    balance: Decimal
+    held: Decimal
+    debt: Decimal
+    floor: Decimal
+    bonus_auto_use: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PlanView:
+    tier: str  # the user's tier
+    name: str | None  # None: no plan of that tier
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionView:
+    id: uuid.UUID
+    provider: str
+    status: str
+    tier: str | None
+    interval: str | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OrderSummary:
+    """One line of a customer's recent orders (a user's page, a ticket's context)."""
+
+    id: uuid.UUID
+    order_number: str
+    status: str
+    payment_status: str
+    total_amount: Decimal
+    currency: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseSummary:
+    """One line of a customer's recent purchases (a user's page, a ticket's context)."""
+
+    id: uuid.UUID
+    provider: str
+    package_name: str | None
+    credits: Decimal
+    amount: Decimal
+    currency: str
+    status: str
+    created_at: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class UserDetail:
-    user: User
-    account: CreditAccount | None
-    plan: Plan | None
-    subscription: Subscription | None
-    orders: list[Order]
-    purchases: list[Purchase]
+    profile: ProfileView
+    account: BalanceView | None
+    plan: PlanView
+    subscription: SubscriptionView | None
+    orders: tuple[OrderSummary, ...]
+    purchases: tuple[PurchaseSummary, ...]
     open_tickets: int
+
+
+def _user_fields(u: User) -> dict[str, Any]:
+    return {
+        "id": u.id, "email": u.email, "name": u.name, "username": u.username, "role": u.role, "status": u.status,
+        "tier": u.tier, "email_verified": u.email_verified, "two_factor_enabled": u.two_factor_enabled,
+        "erased": is_erased(u), "created_at": u.created_at, "last_login_at": u.last_login_at,
+        "deleted_at": u.deleted_at,
+    }  # fmt: skip
+
+
+def user_view(user: User) -> UserView:
+    return UserView(**_user_fields(user))
+
+
+def _profile_view(u: User) -> ProfileView:
+    return ProfileView(
+        **_user_fields(u), image=u.image, timezone=u.timezone, language=u.language, clerk_id=u.clerk_id,
+        stripe_customer_id=u.stripe_customer_id, trial_started_at=u.trial_started_at, trial_ends_at=u.trial_ends_at,
+        trial_used=u.trial_used, downgrade_count=u.downgrade_count, last_plan_change_at=u.last_plan_change_at,
+        updated_at=u.updated_at,
+    )  # fmt: skip
+
+
+def _balance_view(a: CreditAccount) -> BalanceView:
+    return BalanceView(balance=a.balance, held=a.held, debt=a.debt, floor=a.floor, bonus_auto_use=a.bonus_auto_use)
+
+
+def _subscription_view(s: Subscription) -> SubscriptionView:
+    return SubscriptionView(
+        id=s.id, provider=s.provider, status=s.status, tier=s.tier, interval=s.interval,
+        current_period_end=s.current_period_end, cancel_at_period_end=s.cancel_at_period_end, created_at=s.created_at,
+    )  # fmt: skip
+
+
+def order_summary(o: Order) -> OrderSummary:
+    return OrderSummary(
+        id=o.id, order_number=o.order_number, status=o.status, payment_status=o.payment_status,
+        total_amount=o.total_amount, currency=o.currency, created_at=o.created_at,
+    )  # fmt: skip
+
+
+def purchase_summary(p: Purchase) -> PurchaseSummary:
+    return PurchaseSummary(
+        id=p.id, provider=p.provider, package_name=p.package_name, credits=p.credits, amount=p.amount,
+        currency=p.currency, status=p.status, created_at=p.created_at,
+    )  # fmt: skip
 
 
 def is_erased(user: User) -> bool:
@@ -116,16 +253,15 @@ def _filtered(filters: UserFilters) -> Select[Any]:
 
 def list_users(
     uow: UnitOfWork, actor: Actor, filters: UserFilters, *, cursor: str | None, limit: int | None
-) -> Page[User]:
+) -> Page[UserView]:
     """Users matching `filters`, newest first. `q` matches inside the email, name or username, any case."""
     require_role(actor, ADMIN, SUPPORT)
     _check_filters(filters)
     with uow:
-        page = keyset_page(
+        page: Page[User] = keyset_page(
             uow.session, _filtered(filters), User.created_at, User.id, cursor=cursor, limit=limit, descending=True
         )
-        uow.session.expunge_all()  # detached, loaded: the exit's rollback must not expire them
-    return page
+        return Page(items=[user_view(u) for u in page.items], next_cursor=page.next_cursor)
 
 
 def find_user(session: Session, user_id: uuid.UUID, *, lock: bool = False) -> User:
@@ -154,36 +290,35 @@ def user_detail(uow: UnitOfWork, actor: Actor, user_id: uuid.UUID) -> UserDetail
     with uow:
         session = uow.session
         user = find_user(session, user_id)
-        detail = UserDetail(
-            user=user,
-            account=session.get(CreditAccount, user_id),
-            plan=session.execute(select(Plan).where(Plan.tier == user.tier)).scalar_one_or_none(),
-            subscription=session.execute(
-                select(Subscription)
-                .where(Subscription.user_id == user_id)
-                .order_by(Subscription.created_at.desc(), Subscription.id.desc())
-                .limit(1)
-            ).scalar_one_or_none(),
-            orders=list(
-                session.execute(
-                    select(Order)
-                    .where(Order.user_id == user_id)
-                    .order_by(Order.created_at.desc(), Order.id.desc())
-                    .limit(RECENT)
-                ).scalars()
-            ),
-            purchases=list(
-                session.execute(
-                    select(Purchase)
-                    .where(Purchase.user_id == user_id)
-                    .order_by(Purchase.created_at.desc(), Purchase.id.desc())
-                    .limit(RECENT)
-                ).scalars()
-            ),
+        account = session.get(CreditAccount, user_id)
+        plan = session.execute(select(Plan).where(Plan.tier == user.tier)).scalar_one_or_none()
+        subscription = session.execute(
+            select(Subscription)
+            .where(Subscription.user_id == user_id)
+            .order_by(Subscription.created_at.desc(), Subscription.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        orders = session.execute(
+            select(Order)
+            .where(Order.user_id == user_id)
+            .order_by(Order.created_at.desc(), Order.id.desc())
+            .limit(RECENT)
+        ).scalars()
+        purchases = session.execute(
+            select(Purchase)
+            .where(Purchase.user_id == user_id)
+            .order_by(Purchase.created_at.desc(), Purchase.id.desc())
+            .limit(RECENT)
+        ).scalars()
+        return UserDetail(
+            profile=_profile_view(user),
+            account=_balance_view(account) if account is not None else None,
+            plan=PlanView(tier=user.tier, name=plan.name if plan is not None else None),
+            subscription=_subscription_view(subscription) if subscription is not None else None,
+            orders=tuple(order_summary(o) for o in orders),
+            purchases=tuple(purchase_summary(p) for p in purchases),
             open_tickets=open_ticket_count(session, user_id),
         )
-        session.expunge_all()
-    return detail
 
 
 def lock_for_access_change(session: Session, user_id: uuid.UUID) -> tuple[User, list[uuid.UUID]]:
@@ -222,7 +357,7 @@ def guard_access_loss(actor: Actor, user: User, admins: list[uuid.UUID], *, keep
 
 def update_user(
     uow: UnitOfWork, actor: Actor, user_id: uuid.UUID, *, role: str | None = None, status: str | None = None
-) -> User:
+) -> UserView:
     """Change a user's role and/or status. SUSPENDED revokes their sessions and API keys at once."""
     require_role(actor, ADMIN)
     if role is None and status is None:
@@ -241,8 +376,7 @@ def update_user(
         new_role = role if role is not None else user.role
         new_status = status if status is not None else user.status
         if (new_role, new_status) == (user.role, user.status):
-            session.expunge(user)
-            return user  # nothing changes: no audit row, no revocation
+            return user_view(user)  # nothing changes: no audit row, no revocation
         guard_access_loss(actor, user, admins, keeps_admin=new_role == ADMIN and new_status == UserStatus.ACTIVE)
         now = utcnow()
         if new_role != user.role:
@@ -263,6 +397,6 @@ def update_user(
             user.status = new_status
         user.updated_at = now
         session.flush()
+        view = user_view(user)
         uow.commit()
-        session.expunge(user)
-    return user
+    return view

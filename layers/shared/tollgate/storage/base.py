@@ -51,7 +51,19 @@ class Storage(Protocol):
         ...
 
 
-def build_storage(settings: Settings) -> Storage:
+class WritableStorage(Storage, Protocol):
+    """A store the backend itself may write to (users' bytes never pass through it: they upload directly)."""
+
+    def put(self, key: str, data: bytes, *, content_type: str) -> None:
+        """Store `data` at `key`, encrypted at rest as the store is. Never inside a transaction."""
+        ...
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """The keys of the objects under `prefix` (what the backend wrote there). Never inside a transaction."""
+        ...
+
+
+def build_storage(settings: Settings) -> WritableStorage:
     if settings.storage_backend == "s3":
         from tollgate.storage.s3 import S3Storage
 
@@ -64,5 +76,5 @@ def build_storage(settings: Settings) -> Storage:
 
 
 @lru_cache(maxsize=1)
-def get_storage() -> Storage:
+def get_storage() -> WritableStorage:
     return build_storage(get_settings())

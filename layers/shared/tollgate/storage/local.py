@@ -108,6 +108,21 @@ class LocalStorage:
         query = urlencode({"expires": expires, "name": filename, "type": content_type, "signature": signature})
         return f"{self.base_url}/{key}?{query}"
 
+    def put(self, key: str, data: bytes, *, content_type: str) -> None:
+        self._write(key, data, content_type)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        root = self.root.resolve()
+        folder = self.path_of(prefix.rstrip("/")) if prefix.strip("/") else root
+        if not folder.is_dir():
+            return []
+        # The objects only: not their metadata, nor a write still under way.
+        return sorted(
+            path.relative_to(root).as_posix()
+            for path in folder.rglob("*")
+            if path.is_file() and not path.name.endswith((META_SUFFIX, ".partial"))
+        )
+
     def delete(self, keys: Sequence[str]) -> None:
         for key in keys:
             path = self.path_of(key)
@@ -142,16 +157,7 @@ class LocalStorage:
                     raise UrlRefused(400, "EntityTooSmall", "the file is smaller than the policy allows")
                 if len(data) > high:
                     raise UrlRefused(400, "EntityTooLarge", "the file is larger than the policy allows")
-        key = fields["key"]
-        path = self.path_of(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        etag = hashlib.md5(data, usedforsecurity=False).hexdigest()  # S3's ETag of a single-part upload
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        partial.write_bytes(data)
-        partial.replace(path)  # atomic: a HEAD never sees half a file
-        meta = {"content_type": fields.get("Content-Type"), "etag": etag}
-        path.with_name(path.name + META_SUFFIX).write_text(json.dumps(meta), encoding="utf-8")
-        return etag
+        return self._write(fields["key"], data, fields.get("Content-Type"))
 
     def open_download(self, key: str, query: Mapping[str, str], *, now: datetime | None = None) -> Download:
         """The object a signed download URL names, if the signature holds and it has not expired."""
@@ -169,6 +175,18 @@ class LocalStorage:
         if not path.is_file():
             raise UrlRefused(404, "NoSuchKey", "The specified key does not exist.")
         return Download(data=path.read_bytes(), content_type=content_type, filename=name)
+
+    def _write(self, key: str, data: bytes, content_type: str | None) -> str:
+        """Store `data` at `key` with its metadata; its ETag."""
+        path = self.path_of(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        etag = hashlib.md5(data, usedforsecurity=False).hexdigest()  # S3's ETag of a single-part upload
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        partial.write_bytes(data)
+        partial.replace(path)  # atomic: a HEAD never sees half a file
+        meta = {"content_type": content_type, "etag": etag}
+        path.with_name(path.name + META_SUFFIX).write_text(json.dumps(meta), encoding="utf-8")
+        return etag
 
     def _meta(self, path: Path) -> dict[str, Any]:
         meta_path = path.with_name(path.name + META_SUFFIX)

@@ -1,5 +1,6 @@
 """S3: presigned POST uploads (the bytes never pass through Lambda), HEAD at completion, presigned GET, batch
-delete. Presigning is local computation with the function's role credentials; HEAD and delete are calls."""
+delete, and PUT and listing of what the backend writes itself (a large GDPR export). Presigning is local
+computation with the function's role credentials; HEAD, PUT, list and delete are calls."""
 
 from __future__ import annotations
 
@@ -99,6 +100,26 @@ class S3Storage:
                 ExpiresIn=expires_in,
             )
         )
+
+    def put(self, key: str, data: bytes, *, content_type: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            # SSE-S3 named explicitly, as the bucket's default is: the object is encrypted whatever the default.
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, ServerSideEncryption="AES256"
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable("the file store refused to store the object") from exc
+
+    def list_keys(self, prefix: str) -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            return [item["Key"] for page in pages for item in page.get("Contents") or []]
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable("the file store failed to list objects") from exc
 
     def delete(self, keys: Sequence[str]) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

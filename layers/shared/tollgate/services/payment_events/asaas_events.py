@@ -35,6 +35,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from tollgate.models.commerce import Order
 from tollgate.models.credits import Plan
 from tollgate.models.payments import Invoice, Purchase, Refund, Subscription
 from tollgate.models.users import User
@@ -42,6 +43,7 @@ from tollgate.payments.asaas import INTERVALS, Reference
 from tollgate.payments.money import to_minor
 from tollgate.payments.signatures import asaas_time
 from tollgate.payments.statuses import TERMINAL
+from tollgate.services import orders
 from tollgate.services.payment_events.handling import (
     Ctx,
     NotYetApplicable,
@@ -226,7 +228,24 @@ def _subscription_charge_paid(ctx: Ctx, payment: dict[str, Any]) -> Outcome:
         state = SubscriptionState(sub_id, status="active", current_period_end=invoice.period_end)
         _record_subscription(ctx, user, plan, interval, state)
     granted = grant_invoice_allowance(ctx, invoice, user, plan, interval)
-    return Outcome.done(invoice=payment_id, subscription=sub_id, granted=str(granted), tier=plan.tier)
+    order = _first_payment_order(ctx, invoice, user, plan, sub)
+    return Outcome.done(
+        invoice=payment_id, subscription=sub_id, granted=str(granted), tier=plan.tier,
+        **({"order_id": str(order.id)} if order is not None else {}),
+    )  # fmt: skip
+
+
+def _first_payment_order(ctx: Ctx, invoice: Invoice, user: User, plan: Plan, sub: Subscription) -> Order | None:
+    """Every paid subscription charge goes to the one plan-order flow, which makes the subscription's order at its
+    first paid charge and none after it (keyed by the subscription, so both events of a charge, replays,
+    reconciliation and later charges find it). A subscription whose earlier charges made no order (paid before
+    orders existed) gets it at its next paid charge."""
+    if invoice.amount_paid <= 0:
+        return None
+    return orders.plan_order(
+        ctx.session, user_id=user.id, subscription=sub, plan_id=plan.id, plan_name=plan.name,
+        amount=invoice.amount_paid, currency=CURRENCY, now=ctx.now, paid=True, provider=PROVIDER,
+    )  # fmt: skip
 
 
 def _record_subscription(

@@ -34,8 +34,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from tollgate.models.commerce import Order
 from tollgate.models.credits import Plan
-from tollgate.models.payments import Invoice
+from tollgate.models.payments import Invoice, Subscription
 from tollgate.models.users import User
 from tollgate.payments.money import to_major
 from tollgate.services.accounts import unlock_after_payment
@@ -50,6 +51,7 @@ from tollgate.services.payment_events.handling import (
     invoice_for_update,
     months_in,
     notify_payment_failed,
+    paid_plan_order,
     period_allowance,
     plan_by_price,
     subscription_for_update,
@@ -439,9 +441,11 @@ def payment_attempt(ctx: Ctx, data: dict[str, Any]) -> Outcome:
         granted = grant_invoice_allowance(
             ctx, invoice, user, plan, _interval(item), amount=rule.amount, new_period=rule.new_period
         )
+        order = _first_payment_order(ctx, invoice, user, plan, sub)
         return Outcome.done(
-            attempt=invoice.provider_invoice_id, granted=str(granted), rule=rule.rule, tier=plan.tier, item=item_id
-        )
+            attempt=invoice.provider_invoice_id, granted=str(granted), rule=rule.rule, tier=plan.tier, item=item_id,
+            **({"order_id": str(order.id)} if order is not None else {}),
+        )  # fmt: skip
     if status == "failed":
         if invoice.status in PAID_INVOICE:
             return Outcome.ignored("the attempt was already seen paid", attempt=invoice.provider_invoice_id)
@@ -467,6 +471,14 @@ def payment_attempt(ctx: Ctx, data: dict[str, Any]) -> Outcome:
             **({"failed_reason": reason} if reason else {}),
         )  # fmt: skip
     return Outcome.done(attempt=invoice.provider_invoice_id, status=invoice.status, note="pending: nothing granted")
+
+
+def _first_payment_order(ctx: Ctx, invoice: Invoice, user: User, plan: Plan, sub: Subscription | None) -> Order | None:
+    """Every paid attempt goes to the plan-order flow: the item's order comes at its first paid period (the
+    `checkout` attempt, or after a free trial its first `recurring` one). One per item: Clerk makes a new item
+    for each plan change, so a change is an order too."""
+    order: Order | None = paid_plan_order(ctx, invoice, user, plan, sub, provider=PROVIDER)
+    return order
 
 
 def handle(ctx: Ctx, payload: dict[str, Any]) -> Outcome:

@@ -407,6 +407,18 @@ def reverse_credits(
             now=ctx.now,
         )
         taken, tx_id = result.clawed_back, result.transaction_id
+        # Credits given back when an earlier refund failed live in grants of their own (order_refunds): asked
+        # back the same way, after the purchase's grant.
+        extra = holder.metadata_.get("returned_grant_keys", []) if isinstance(holder, Purchase) else []
+        for n, source_key in enumerate(str(key) for key in extra):
+            if taken >= ask:
+                break
+            more = ledger.clawback(
+                ctx.session, user_id, source_key=source_key, amount=ask - taken,
+                idempotency_key=f"{ctx.provider}:{kind}:{step_id}:returned-{n}"[:300], reason=reason or kind,
+                now=ctx.now,
+            )  # fmt: skip
+            taken += more.clawed_back
     elif ask > 0:
         ask = Decimal(0)  # nothing was granted for it, so nothing to ask back
     holder.credits_reversed += ask
@@ -800,3 +812,31 @@ def notify_payment_failed(ctx: Ctx, user: User, invoice: Invoice) -> None:
 
 def _discard(_: object) -> None:
     return None
+
+
+def paid_plan_order(
+    ctx: Ctx, invoice: Invoice, user: User, plan: Plan, sub: Subscription | None, *, provider: str
+) -> Any:
+    """A paid plan charge of more than nothing into the one plan-order flow, which makes the subscription's order
+    at its first paid period and none after it. A payment that comes before its subscription records the row now,
+    as Stripe's checkout does (the subscription's own events bring its status, plan and periods): the order names
+    it, and a subscription event racing this one finds the row once this one commits (or, failing on the row's
+    unique key, is retried). Answers the order, or None when nothing was paid."""
+    from tollgate.services import orders
+
+    if not invoice.provider_subscription_id or (invoice.amount_paid or 0) <= 0:
+        return None
+    if sub is None:
+        state = SubscriptionState(
+            invoice.provider_subscription_id, status="incomplete", customer_id=invoice.provider_customer_id
+        )
+        original, ctx.provider_time = ctx.provider_time, None
+        try:
+            sub, _ = apply_subscription(ctx, user, state)
+        finally:
+            ctx.provider_time = original
+        invoice.subscription_id = sub.id
+    return orders.plan_order(
+        ctx.session, user_id=user.id, subscription=sub, plan_id=plan.id, plan_name=plan.name,
+        amount=invoice.amount_paid, currency=invoice.currency, now=ctx.now, paid=True, provider=provider,
+    )  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from tollgate.models.commerce import Order
 from tollgate.models.credits import Plan
 from tollgate.models.payments import Invoice, Purchase
 from tollgate.models.users import User
@@ -25,6 +26,7 @@ from tollgate.services.payment_events.handling import (
     invoice_for_update,
     link_customer,
     notify_payment_failed,
+    paid_plan_order,
     plan_by_price,
     reversal_detail,
     reverse_credits,
@@ -217,7 +219,22 @@ def payment_success(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any], att
     if plan is None:
         raise NotYetApplicable("the invoice's subscription has no known plan yet")
     granted = grant_invoice_allowance(ctx, invoice, user, plan, interval)
-    return Outcome.done(invoice=invoice.provider_invoice_id, granted=str(granted), tier=plan.tier)
+    order = _first_payment_order(ctx, invoice, user, plan)
+    return Outcome.done(
+        invoice=invoice.provider_invoice_id, granted=str(granted), tier=plan.tier,
+        **({"order_id": str(order.id)} if order is not None else {}),
+    )  # fmt: skip
+
+
+def _first_payment_order(ctx: Ctx, invoice: Invoice, user: User, plan: Plan) -> Order | None:
+    """Every paid plan invoice goes to the plan-order flow: the subscription's order comes at its first paid
+    period (the `initial` invoice, or after a free trial its first `renewal`), so a replay, the recovered event or
+    a later renewal finds it."""
+    if not invoice.provider_subscription_id or invoice.amount_paid <= 0:
+        return None
+    sub = subscription_for_update(ctx.session, PROVIDER, invoice.provider_subscription_id)
+    order: Order | None = paid_plan_order(ctx, invoice, user, plan, sub, provider=PROVIDER)
+    return order
 
 
 def payment_failed(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any], attrs: dict[str, Any]) -> Outcome:

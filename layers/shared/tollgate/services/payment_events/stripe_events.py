@@ -21,6 +21,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, or_, select, text
 
 from tollgate.db import UnitOfWork
+from tollgate.models.commerce import Order
+from tollgate.models.credits import Plan
 from tollgate.models.payments import (
     Invoice,
     PaymentMethod,
@@ -33,6 +35,7 @@ from tollgate.models.users import User
 from tollgate.payments import adapters
 from tollgate.payments.money import to_major, to_minor
 from tollgate.payments.signatures import parse_time
+from tollgate.services import orders
 from tollgate.services.payment_events import (
     stripe_auto_topup,
     stripe_catalogue_events,
@@ -418,13 +421,28 @@ def invoice_paid(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcom
     proration = {"proration": str(allowance.proration)} if any(line.proration for line in lines) else {}
     if proration and not allowance.new_period and allowance.proration <= 0:
         proration["note"] = "a downgrade grants nothing until the next period"
+    order = _plan_charge_order(ctx, invoice, user, allowance.plan, sub)
     return Outcome.done(
         invoice=invoice.provider_invoice_id,
         granted=str(granted),
         tier=allowance.plan.tier,
         **proration,
         **({"late_reversals": late} if late else {}),
+        **({"order_id": str(order.id)} if order is not None else {}),
     )
+
+
+def _plan_charge_order(ctx: Ctx, invoice: Invoice, user: User, plan: Plan, sub: Subscription | None) -> Order | None:
+    """Every paid plan invoice of more than nothing goes to the one plan-order flow, which makes the
+    subscription's order at its first paid period (after a free trial: its first `subscription_cycle` invoice) and
+    none after it; a first invoice and its checkout find the same order. An invoice before its subscription row
+    waits for the row: the checkout that records it makes the order."""
+    if sub is None or invoice.amount_paid <= 0:
+        return None
+    return orders.plan_order(
+        ctx.session, user_id=user.id, subscription=sub, plan_id=plan.id, plan_name=plan.name,
+        amount=invoice.amount_paid, currency=invoice.currency, now=ctx.now, paid=True, provider=PROVIDER,
+    )  # fmt: skip
 
 
 def _billed_lines(ctx: Ctx, obj: dict[str, Any]) -> tuple[list[BilledLine], list[str]]:
@@ -682,15 +700,26 @@ def charge_refunded(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Out
         return Outcome.ignored(NOT_GRANTED_YET, charge=charge_id)
     currency = str(obj.get("currency") or holder.currency).lower()
     refunded = to_major(obj.get("amount_refunded"), currency)  # cumulative
+    counted: dict[str, int] | None = None
+    if isinstance(holder, Purchase):  # a snapshot still counting a refund known to have failed must not count it
+        refunded, counted = stripe_refund_events.live_refunded(ctx, holder, obj, refunded)
     if refunded <= holder.refunded_amount:
         return Outcome.done(note="this refund step was already applied", charge=charge_id)
+    if isinstance(holder, Purchase):
+        stripe_refund_events.note_counted(holder, counted)
     step = refunded - holder.refunded_amount
     total = holder.amount if isinstance(holder, Purchase) else holder.amount_paid
     holder.refunded_amount = min(refunded, total)
     full = holder.refunded_amount >= total
     holder.status = "refunded" if full else "partially_refunded"
     minor = to_minor(refunded, currency)
-    return _reverse(ctx, holder, step_id=f"{charge_id}:refunded:{minor}", kind="refund", step_amount=step, reason=None)
+    step_id = f"{charge_id}:refunded:{minor}"
+    # A refund that failed after it succeeded lowers the cumulative amount again (order_refunds gives its credits
+    # back and counts it): a later refund reaching the same amount is a new step, not a replay of the old one.
+    failed = int(holder.metadata_.get("failed_refunds", 0)) if isinstance(holder, Purchase) else 0
+    if failed:
+        step_id += f":after-failed-{failed}"
+    return _reverse(ctx, holder, step_id=step_id, kind="refund", step_amount=step, reason=None)
 
 
 def dispute_created(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:

@@ -13,12 +13,15 @@ the row's amount: metadata alone is only a claim. Any other refund of a charge t
 dashboard, a twin) is recorded as it stands and counted; if it does not fit beside refunds still in flight, the
 event waits (rolled back, retried by Stripe) until they settle, and refunds of ours long unanswered are settled
 from Stripe's list of the charge's refunds (`prefetch`, `order_refunds.resolve_unanswered`) so it never waits
-for ever; with nothing in flight, what does not fit is recorded as the refund's overlap.
+for ever; with nothing in flight, what does not fit is recorded as the refund's overlap. Refunds of ours that no
+event settles at all are looked up by ProviderReconciliation's refund sweep (services/refund_sweep.py), which
+hands Stripe's refund object to `apply_refund` like an event would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -27,7 +30,7 @@ from sqlalchemy.orm import Session
 from tollgate.db import UnitOfWork
 from tollgate.db.base import new_id, utcnow
 from tollgate.models.commerce import Order
-from tollgate.models.payments import Refund
+from tollgate.models.payments import Purchase, Refund
 from tollgate.observability import logger
 from tollgate.payments import adapters
 from tollgate.payments.money import to_major, to_minor
@@ -203,6 +206,9 @@ def _external(ctx: Ctx, order: Order, obj: dict[str, Any], status: str, failure:
     if failed:
         refund.status, refund.processed_at = order_refunds.STATUS_FROM_STRIPE[status], ctx.now
         session.flush()
+        # First seen failed: a pack's purchase may have counted it (an amount-only charge.refunded), and must
+        # leave it out of every later snapshot of the charge.
+        refund.metadata_ = {**refund.metadata_, **order_refunds.pack_refund_failed(session, order, refund, ctx.now)}
         return _detail(order, refund, refund.status, external=True)
     order.refund_pending_amount += amount
     session.flush()
@@ -223,12 +229,80 @@ def _detail(order: Order, refund: Refund, moved: str | None, *, external: bool =
     }
 
 
+def lock_purchase_first(session: Session, obj: dict[str, Any]) -> None:
+    """Lock the pack purchase this Stripe refund's payment paid, before `apply_refund` locks the order: a refund
+    failing after it succeeded gives the purchase's credits back (order_refunds._return_pack_credits), and
+    `charge.refunded` locks the purchase before the order, so every path takes them in that order."""
+    payment_intent, charge_id = object_id(obj.get("payment_intent")), object_id(obj.get("charge"))
+    conditions = []
+    if payment_intent:
+        conditions.append(Purchase.provider_payment_id == payment_intent)
+    if charge_id:
+        conditions.append(Purchase.provider_charge_id == charge_id)
+    if conditions:
+        session.execute(
+            select(Purchase.id).where(Purchase.provider == PROVIDER, or_(*conditions)).order_by(Purchase.id)
+            .with_for_update()
+        ).all()  # fmt: skip
+
+
 def refund_event(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcome:
     """`refund.created` / `refund.updated` / `refund.failed` / `charge.refund.updated`."""
+    lock_purchase_first(ctx.session, obj)
     detail = apply_refund(ctx, obj)
     if detail is None:
         return Outcome.ignored("not a refund of a Tollgate order", refund=obj.get("id"))
     return Outcome.done(**detail)
+
+
+def _live(obj: dict[str, Any], failed: dict[str, Any]) -> bool:
+    """A refund Stripe counts in the charge's `amount_refunded` (pending ones too) that Tollgate has not seen fail."""
+    status = str(obj.get("status") or "")
+    return (
+        order_refunds.STATUS_FROM_STRIPE.get(status) not in {"FAILED", "CANCELED"} and str(obj.get("id")) not in failed
+    )
+
+
+def live_refunded(
+    ctx: Ctx, purchase: Purchase, obj: dict[str, Any], refunded: Decimal
+) -> tuple[Decimal, dict[str, int] | None]:
+    """What a pack purchase's `charge.refunded` (charge `obj`, cumulative `refunded`) counts as refunded, and the
+    refunds that make it up when Stripe listed them all (for order_refunds.COUNTED_REFUNDS).
+
+    `amount_refunded` is a snapshot: one taken before a refund failed still counts it, and arrives in any order
+    (late, or again as a new event). A failure is final, so a refund in the purchase's FAILED_REFUNDS never counts:
+    - older API versions embed the charge's refunds as they stood then: the amount less the known-failed ones it
+      still shows live;
+    - the current one does not: `prefetch` listed the charge's refunds from Stripe just now, so their live sum is
+      the money refunded (a refund made since counts now; its own charge.refunded then moves nothing);
+    - neither (Stripe's API not configured, more than one page of refunds): the amount as it stands."""
+    failed = purchase.metadata_.get(order_refunds.FAILED_REFUNDS) or {}
+    currency = str(obj.get("currency") or purchase.currency).lower()
+    embedded = obj.get("refunds")
+    if isinstance(embedded, dict) and isinstance(embedded.get("data"), list):
+        shown = [r for r in embedded["data"] if isinstance(r, dict)]
+        stale = sum(int(r.get("amount") or 0) for r in shown if _live(r, {}) and not _live(r, failed))
+        whole = not embedded.get("has_more")
+        counted = {str(r.get("id")): int(r.get("amount") or 0) for r in shown if _live(r, failed)} if whole else None
+        return max(refunded - to_major(stale, currency), Decimal(0)), counted
+    listed = ctx.fetched.get(CHARGE_REFUNDS)
+    if (
+        isinstance(listed, list)
+        and str(obj.get("id")) in (ctx.fetched.get(LISTED_CHARGES) or ())
+        and len(listed) < order_refunds.LISTED_AT_MOST
+    ):
+        counted = {
+            str(r.get("id")): int(r.get("amount") or 0) for r in listed if isinstance(r, dict) and _live(r, failed)
+        }
+        return to_major(sum(counted.values()), currency), counted
+    return refunded, None
+
+
+def note_counted(purchase: Purchase, counted: dict[str, int] | None) -> None:
+    """Record which refunds the purchase's claw-back step counts (None: not known, an amount-only snapshot), so a
+    refund failing later gives back credits only if they were counted (order_refunds._return_pack_credits)."""
+    meta = {k: v for k, v in purchase.metadata_.items() if k != order_refunds.COUNTED_REFUNDS}
+    purchase.metadata_ = meta if counted is None else {**meta, order_refunds.COUNTED_REFUNDS: counted}
 
 
 def _charge_refunds(ctx: Ctx, obj: dict[str, Any]) -> list[dict[str, Any]]:
