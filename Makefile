@@ -8,7 +8,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export SAM_CLI_TELEMETRY := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint typecheck template unit unit-production build bench clean
+.PHONY: run test lint typecheck template unit unit-production tiers build bench clean
 
 # The project's environment: runtime + dev dependencies, the tollgate CLI, editable.
 $(BIN)/.installed: pyproject.toml
@@ -27,7 +27,7 @@ $(TOOLS)/bin/.installed: requirements-tools.txt
 run: $(BIN)/.installed
 	$(BIN)/tollgate serve --seed --with-schedules
 
-test: lint typecheck template unit unit-production
+test: lint typecheck template tiers
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -59,6 +59,18 @@ unit-production: $(BIN)/.installed
 	else \
 		echo "unit-production SKIPPED: PgBouncer cannot be installed here (reason above)"; \
 	fi
+
+# Both tiers side by side (what `make test` runs): each pytest starts its own embedded PostgreSQL (the production
+# tier its own PgBouncer too), so they share nothing but the two cores, which one tier alone leaves mostly idle
+# waiting on the database. The production tier's output follows the default tier's; either failing fails the run.
+tiers: $(BIN)/.installed browser-if-possible
+	@log=$$(mktemp); \
+	$(MAKE) --no-print-directory unit-production > "$$log" 2>&1 & production_pid=$$!; \
+	$(BIN)/pytest; default_rc=$$?; \
+	wait $$production_pid; production_rc=$$?; \
+	echo "==== production tier ===="; cat "$$log"; rm -f "$$log"; \
+	echo "default tier: exit $$default_rc; production tier: exit $$production_rc"; \
+	test $$default_rc -eq 0 && test $$production_rc -eq 0
 
 # The deploy artifacts (python3.13 on arm64, whatever Python builds them; lambda_build/Makefile), then their sizes.
 # TOLLGATE_BUILD_TARGET=native builds them for this machine's Python instead (what tests/packaging imports).

@@ -75,6 +75,28 @@ def backend_pid(uow_factory: Callable[[], UnitOfWork] = UnitOfWork) -> int:
         return int(uow.session.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
 
+def client_connection() -> tuple[uuid.UUID, int]:
+    """The application's own database connection (a mark it carries for its life) and the server session behind it.
+
+    Behind a pooler the server session says nothing about the client's connection: a new client connection may
+    be given the very server connection the discarded one used. So the mark decides, and the server session only
+    where there is no pooler (TOLLGATE_TEST_TIER=default)."""
+    with UnitOfWork() as uow:
+        connection = uow.session.connection().connection
+        mark = connection.info.setdefault("test_connection_mark", uuid.uuid4())
+        pid = int(uow.session.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    return mark, pid
+
+
+def assert_new_connection(before: tuple[uuid.UUID, int]) -> None:
+    from tests import tiers
+
+    mark, pid = client_connection()
+    assert mark != before[0], "the failed connection was used again"
+    if tiers.ACTIVE is None:
+        assert pid != before[1], "a new connection on the same server session"
+
+
 def direct_engine(database_url: str) -> Any:
     """A connection beside the application's pool (no pool of its own), for the database's side of a test."""
     return create_engine(pg8000_url(database_url), poolclass=NullPool)
@@ -146,7 +168,7 @@ def test_db_a_driver_failure_mid_statement_discards_the_connection(
     configure(DB_POOL_SIZE=1, DB_POOL_PRE_PING=pre_ping)
     reader = FlakyReader()
     reader.install(monkeypatch)
-    first_pid = backend_pid()
+    first = client_connection()
     with pytest.raises(RuntimeError), UnitOfWork() as uow:
         uow.session.execute(text("SELECT 1"))
         reader.armed = True
@@ -155,7 +177,7 @@ def test_db_a_driver_failure_mid_statement_discards_the_connection(
     for value in (8, 9, 10):
         with UnitOfWork() as uow:
             assert uow.session.execute(text("SELECT CAST(:v AS integer)"), {"v": value}).scalar_one() == value
-    assert backend_pid() != first_pid
+    assert_new_connection(first)
 
 
 @pytest.mark.parametrize("pre_ping", [True, False], ids=["preping-on", "preping-off"])
@@ -168,7 +190,7 @@ def test_db_a_failure_while_committing_discards_the_connection(
     configure(DB_POOL_SIZE=1, DB_POOL_PRE_PING=pre_ping)
     reader = FlakyReader()
     reader.install(monkeypatch)
-    first_pid = backend_pid()
+    first = client_connection()
     with pytest.raises(RuntimeError), UnitOfWork() as uow:
         uow.session.execute(text("SELECT 1"))
         reader.armed = True
@@ -176,7 +198,7 @@ def test_db_a_failure_while_committing_discards_the_connection(
     for value in (11, 12):
         with UnitOfWork() as uow:
             assert uow.session.execute(text("SELECT CAST(:v AS integer)"), {"v": value}).scalar_one() == value
-    assert backend_pid() != first_pid
+    assert_new_connection(first)
 
 
 @pytest.mark.parametrize("pre_ping", [True, False], ids=["preping-on", "preping-off"])
