@@ -6,7 +6,8 @@ AUTH_MODE=clerk) or `X-Api-Key: <key>`, and passes `user_id`, `role`, `session_i
 (tollgate.auth.scopes); credential routes admit sessions only.
 API Gateway's own authorizer cache is off (no identity source, ReauthorizeEvery 0); this container keeps a
 short cache of verdicts keyed by the token's hash instead (AUTHORIZER_CACHE_SECONDS, never past the token's
-expiry; denials for 5 seconds), so revocation takes effect within that delay.
+expiry; denials for 5 seconds), so revocation takes effect within that delay. Staff verdicts (ADMIN, SUPPORT)
+are never cached: each staff request re-reads the user, so a demotion or suspension of staff bites at once.
 When the database cannot serve, the authorizer cannot decide: it lets the request through marked unavailable,
 without any identity and without caching, and the function answers 503 dependency_unavailable (an authorizer
 that raises would make API Gateway answer its own 500, which tells a client nothing).
@@ -27,6 +28,7 @@ from tollgate.db import UnitOfWork
 from tollgate.db.engine import is_unavailable
 from tollgate.http.authorizer_context import UNAVAILABLE_CONTEXT
 from tollgate.observability import logger, tracer
+from tollgate.services.authz import ADMIN, SUPPORT
 from tollgate.services.authorizer import (
     Verdict,
     allows_route,
@@ -38,6 +40,8 @@ DENY: dict[str, Any] = {"isAuthorized": False}
 DENY_CACHE_SECONDS = 5.0
 CACHE_SIZE = 2048
 MAX_CREDENTIAL_LENGTH = 8192
+# Back-office power must end the moment it is taken away; staff traffic is small, so its lookups are affordable.
+STAFF_ROLES = frozenset({ADMIN, SUPPORT})
 
 
 class VerdictCache:
@@ -130,7 +134,8 @@ def _verdict(event: dict[str, Any]) -> dict[str, Any]:
         cache.put(key, DENY, now + min(DENY_CACHE_SECONDS, ttl))
         return DENY
     answer = {"isAuthorized": True, "context": verdict.context()}
-    cache.put(key, answer, min(now + ttl, verdict.valid_until))
+    if verdict.role not in STAFF_ROLES:
+        cache.put(key, answer, min(now + ttl, verdict.valid_until))
     return answer
 
 

@@ -216,6 +216,40 @@ def test_cached_verdicts_skip_the_database(auth_env: AuthEnv) -> None:
     assert not authorizer.decide(event)["isAuthorized"]
 
 
+@pytest.mark.parametrize("role", ["ADMIN", "SUPPORT"])
+def test_staff_lose_the_back_office_at_once_when_demoted_or_suspended(auth_env: AuthEnv, role: str) -> None:
+    # Given a staff member (and another admin, so the deployment keeps one) whose token and key were just
+    # accepted by a warm authorizer with the default 30-second cache
+    auth_env.set()
+    email = auth_env.register_verified()
+    with UnitOfWork() as uow:
+        uow.session.execute(update(User).where(func.lower(User.email) == email).values(role=role))
+        uow.commit()
+    token = auth_env.login(email)["access_token"]
+    key = api_call("POST", "/auth/api-keys", headers=bearer(token), through_authorizer=True,
+                   body={"name": "desk", "scopes": ["admin"]}).json["key"]  # fmt: skip
+    for headers in (bearer(token), {"x-api-key": key}):
+        listed = api_call("GET", "/admin/users", headers=headers, through_authorizer=True)
+        assert listed.status == 200, listed.json
+    # When the role is taken away in the database (another container's admin call)
+    with UnitOfWork() as uow:
+        uow.session.execute(update(User).where(func.lower(User.email) == email).values(role="USER"))
+        uow.commit()
+    # Then the very next back-office request, by session or key, is refused: no cached staff verdict answers
+    for headers in (bearer(token), {"x-api-key": key}):
+        assert api_call("GET", "/admin/users", headers=headers, through_authorizer=True).status == 403
+    # And a suspension likewise ends a staff session at once
+    with UnitOfWork() as uow:
+        uow.session.execute(update(User).where(func.lower(User.email) == email).values(role=role))
+        uow.commit()
+    fresh = auth_env.login(email)["access_token"]
+    assert api_call("GET", "/admin/users", headers=bearer(fresh), through_authorizer=True).status == 200
+    with UnitOfWork() as uow:
+        uow.session.execute(update(User).where(func.lower(User.email) == email).values(status="SUSPENDED"))
+        uow.commit()
+    assert api_call("GET", "/admin/users", headers=bearer(fresh), through_authorizer=True).status == 403
+
+
 # --- Clerk mode ---------------------------------------------------------------------------------------------------
 class _Jwks:
     def __init__(self) -> None:
