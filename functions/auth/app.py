@@ -20,7 +20,6 @@ from tollgate.auth.scopes import DEFAULT_SCOPES, SCOPES, Scope
 from tollgate.db import UnitOfWork
 from tollgate.http.api import JSON, create_app, current_principal
 from tollgate.http.edge import Cursor, Limit, StrictBody, Timestamp, documented_errors
-from tollgate.models import User
 from tollgate.observability import logger, metrics, tracer
 from tollgate.services import identity, oauth
 from tollgate.services.identity import ApiKeyView, Caller, ClientInfo, SessionView, TokenPair, TwoFactorChallenge
@@ -30,6 +29,12 @@ app = create_app("auth")
 Email = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+]
+# A new account's address: a domain of non-empty labels, none after a final dot. `kate@example.com.` names Kate's
+# mailbox too, so accepting it would open a second account (and sign-up grant) on one mailbox.
+NewEmail = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$"),
 ]
 # Length rules (8-128) belong to the policy; the edge only refuses absurd sizes before anything is hashed.
 Password = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
@@ -57,7 +62,7 @@ Language = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2
 
 # --- bodies -------------------------------------------------------------------------------------------------
 class RegisterIn(StrictBody):
-    email: Email
+    email: NewEmail
     password: Password
     name: Name | None = None
     username: Username | None = None
@@ -180,7 +185,7 @@ class ProfileOut(BaseModel):
     created_at: datetime
 
     @classmethod
-    def of(cls, user: User) -> ProfileOut:
+    def of(cls, user: identity.ProfileView) -> ProfileOut:
         return cls(
             id=user.id,
             email=user.email,

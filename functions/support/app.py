@@ -129,7 +129,19 @@ class StaffMessageOut(MessageOut):
 
 
 class CustomerTicketOut(TicketOut):
-    messages: list[MessageOut]
+    messages: list[MessageOut]  # the latest 200, oldest first
+    # GET .../messages?cursor= with it: the messages older than the oldest in `messages` (null: none are older)
+    messages_next_cursor: str | None
+
+
+class MessagePageOut(BaseModel):
+    items: list[MessageOut]
+    next_cursor: str | None
+
+
+class StaffMessagePageOut(BaseModel):
+    items: list[StaffMessageOut]
+    next_cursor: str | None
 
 
 class CustomerOut(BaseModel):
@@ -191,7 +203,8 @@ class CustomerContextOut(BaseModel):
 
 
 class StaffTicketOut(TicketOut):
-    messages: list[StaffMessageOut]
+    messages: list[StaffMessageOut]  # the latest 200, oldest first
+    messages_next_cursor: str | None  # as CustomerTicketOut's, for GET /admin/support/tickets/{ticket_id}/messages
     context: CustomerContextOut
 
 
@@ -245,6 +258,11 @@ def _user_id() -> uuid.UUID:
 
 
 TICKET_ERRORS = {404: "No such ticket (or not the caller's)"}
+MESSAGE_PAGE_ERRORS = {
+    400: "Not a cursor this ticket's list issued (`invalid_cursor`)",
+    404: "No such ticket (or not the caller's)",
+    422: "limit outside 1-100 (`validation_error`)",
+}
 REPLY_ERRORS = {404: "No such ticket (or not the caller's)", 409: "The ticket is closed (`ticket_closed`)"}
 
 
@@ -254,7 +272,10 @@ def open_ticket(body: TicketIn) -> tuple[CustomerTicketOut, int]:
     view = support_desk.open_ticket(
         UnitOfWork(), _user_id(), subject=body.subject, description=body.description, priority=body.priority
     )
-    return CustomerTicketOut(**TicketOut.model_validate(view.ticket).model_dump(), messages=[]), 201
+    out = CustomerTicketOut(
+        **TicketOut.model_validate(view.ticket).model_dump(), messages=[], messages_next_cursor=None
+    )
+    return out, 201
 
 
 @app.get("/support/tickets", summary="The caller's tickets, newest first")
@@ -275,7 +296,18 @@ def get_ticket(ticket_id: uuid.UUID) -> CustomerTicketOut:
     return CustomerTicketOut(
         **TicketOut.model_validate(view.ticket).model_dump(),
         messages=[MessageOut.model_validate(m) for m in view.messages],
+        messages_next_cursor=view.messages_next_cursor,
     )
+
+
+@app.get(
+    "/support/tickets/<ticket_id>/messages",
+    summary="The replies on one of the caller's tickets, newest first",
+    responses=documented_errors(MESSAGE_PAGE_ERRORS),
+)
+def list_messages(ticket_id: uuid.UUID, cursor: Cursor = None, limit: Limit = 20) -> MessagePageOut:
+    page = support_desk.own_ticket_messages(UnitOfWork(), _user_id(), ticket_id, cursor=cursor, limit=limit)
+    return MessagePageOut(items=[MessageOut.model_validate(m) for m in page.items], next_cursor=page.next_cursor)
 
 
 @app.post(
@@ -316,6 +348,7 @@ def admin_get_ticket(ticket_id: uuid.UUID) -> StaffTicketOut:
     return StaffTicketOut(
         **TicketOut.model_validate(view.ticket).model_dump(),
         messages=[StaffMessageOut.model_validate(m) for m in view.messages],
+        messages_next_cursor=view.messages_next_cursor,
         context=CustomerContextOut(
             customer=CustomerOut.model_validate(context.customer),
             balance=context.balance,
@@ -325,6 +358,18 @@ def admin_get_ticket(ticket_id: uuid.UUID) -> StaffTicketOut:
             recent_purchases=[PurchaseSummaryOut.model_validate(p) for p in context.purchases],
             recent_ledger_entries=[LedgerEntryOut.model_validate(t) for t in context.transactions],
         ),
+    )
+
+
+@app.get(
+    "/admin/support/tickets/<ticket_id>/messages",
+    summary="Every message of a ticket, internal notes marked, newest first (staff)",
+    responses=documented_errors(MESSAGE_PAGE_ERRORS),
+)
+def admin_list_messages(ticket_id: uuid.UUID, cursor: Cursor = None, limit: Limit = 20) -> StaffMessagePageOut:
+    page = support_desk.staff_ticket_messages(UnitOfWork(), current_actor(app), ticket_id, cursor=cursor, limit=limit)
+    return StaffMessagePageOut(
+        items=[StaffMessageOut.model_validate(m) for m in page.items], next_cursor=page.next_cursor
     )
 
 

@@ -220,3 +220,19 @@ def test_the_verified_registration_brings_its_username(auth_env: AuthEnv) -> Non
         body={"username": "own_name"},
     )  # fmt: skip
     assert taken.status == 409 and taken.error_code == "username_taken"
+
+
+def test_one_mailbox_cannot_be_registered_again_under_a_spelling_with_dots(auth_env: AuthEnv) -> None:
+    # Given Kate's account
+    email = auth_env.register_verified("kate-dots@example.com")
+    # When someone registers her mailbox again with a final dot, or a domain with an empty label
+    for spelling in ("kate-dots@example.com.", "kate-dots@example.com..", "kate-dots@example..com", "k@.example.com"):
+        answer = api_call("POST", "/auth/register", body={"email": spelling, "password": ATTACKER_PASSWORD})
+        # Then it is refused as an invalid address, and no second account exists
+        assert (answer.status, answer.error_code) == (422, "validation_error"), spelling
+    with UnitOfWork() as uow:
+        count = uow.session.execute(select(func.count()).select_from(User).where(User.email.ilike("kate-dots@%")))
+        assert count.scalar_one() == 1
+    # And ordinary addresses still register
+    assert _register("kate.dots@mail.example.co.uk", PASSWORD) == 202
+    assert _login_status(email, PASSWORD) == 200

@@ -155,6 +155,7 @@ ROUTES = [
     Route("Audit trail and features", "DELETE", "/admin/features/{feature_id}"),
     Route("Support desk", "GET", "/admin/support/tickets"),
     Route("Support desk", "GET", "/admin/support/tickets/{ticket_id}"),
+    Route("Support desk", "GET", "/admin/support/tickets/{ticket_id}/messages"),
     Route("Support desk", "PATCH", "/admin/support/tickets/{ticket_id}", {"priority": "HIGH"}),
     Route("Support desk", "POST", "/admin/support/tickets/{ticket_id}/messages", {"content": "On it"}),
     Route("Goodwill credits", "POST", "/support/users/{user_id}/goodwill", {"amount": "1", "reason": "outage"}),

@@ -32,7 +32,7 @@ Db = Callable[[], UnitOfWork]
 ANSWERING = {
     support_desk: {
         "open_ticket", "list_own_tickets", "own_ticket", "customer_reply", "list_tickets", "staff_ticket",
-        "update_ticket", "staff_reply",
+        "update_ticket", "staff_reply", "own_ticket_messages", "staff_ticket_messages",
     },
     user_admin: {"list_users", "user_detail", "update_user"},
 }  # fmt: skip
@@ -112,8 +112,12 @@ def test_every_support_desk_and_user_admin_answer_is_plain_values(db: Db, auth_e
     answers["staff_reply"] = support_desk.staff_reply(db(), support, ticket_id, content="Refunded.")
     answers["staff_reply (note)"] = support_desk.staff_reply(db(), support, ticket_id, content=NOTE, internal=True)
     answers["staff_ticket"] = support_desk.staff_ticket(db(), support, ticket_id)
+    answers["staff_ticket_messages"] = support_desk.staff_ticket_messages(
+        db(), support, ticket_id, cursor=None, limit=10
+    )
     answers["list_own_tickets"] = support_desk.list_own_tickets(db(), customer, status=None, cursor=None, limit=10)
     answers["own_ticket"] = support_desk.own_ticket(db(), customer, ticket_id)
+    answers["own_ticket_messages"] = support_desk.own_ticket_messages(db(), customer, ticket_id, cursor=None, limit=10)
     # ... and user management: search, a user's page, a change and a change that changes nothing
     answers["list_users"] = user_admin.list_users(
         db(), support, user_admin.UserFilters(q="cus tomer"), cursor=None, limit=10
@@ -132,6 +136,11 @@ def test_every_support_desk_and_user_admin_answer_is_plain_values(db: Db, auth_e
     assert own.ticket.status == "IN_PROGRESS" and own.ticket.assignee_id == agent
     desk = answers["staff_ticket"]
     assert [(m.content, m.is_internal) for m in desk.messages][-1] == (NOTE, True)
+    assert [m.content for m in answers["own_ticket_messages"].items] == ["Refunded.", "Any news?"]
+    assert [(m.content, m.is_internal) for m in answers["staff_ticket_messages"].items][:2] == [
+        (NOTE, True),
+        ("Refunded.", False),
+    ]
     context = desk.context
     assert (context.customer.id, context.customer.email, context.balance) == (customer, email, Decimal("12.5"))
     assert [o.total_amount for o in context.orders] == [Decimal("49.00")]

@@ -39,6 +39,15 @@ class OutgoingMail:
     essential: bool = False
 
 
+def suppression_key(address: str) -> str:
+    """An address as the suppression list (`email_suppressions`) keys it: trimmed, lower case, and the domain
+    without trailing dots (DNS reads `example.com.` as `example.com`: one host, one mailbox). Every write to and
+    look-up in the list goes through this. Nothing else is folded: `a+b@x` and look-alike letters are other
+    addresses."""
+    local, at, domain = address.strip().lower().rpartition("@")
+    return f"{local}{at}{domain.rstrip('.')}"
+
+
 def _build(mail: OutgoingMail, sender: str) -> EmailMessage:
     message = EmailMessage()
     message["From"] = sender
@@ -74,7 +83,7 @@ def send_mail(uow: UnitOfWork, mail: OutgoingMail, backend: MailBackend | None =
                 EmailLog.created_at > now - window,
             )
         ).scalar_one()
-        blocked = None if mail.essential else session.get(EmailSuppression, recipient.lower())
+        blocked = None if mail.essential else session.get(EmailSuppression, suppression_key(recipient))
         # RFC 2606's .invalid never resolves: erased people's and Clerk placeholders' addresses live there.
         undeliverable = recipient.lower().rstrip(".").endswith(".invalid")
         log = EmailLog(

@@ -1,8 +1,9 @@
 """The email suppression list (API.md "Back office", ADMIN only): addresses that bounced for good or complained
 get only essential mail (tollgate.mail.service); an admin reads the list and takes an address off it.
 
-Addresses are kept as the mail events write them and the mail service looks them up: trimmed, lower case. A look-up
-or removal normalises its input the same way, so `Ada@Example.com ` names `ada@example.com`.
+Addresses are kept as the mail events write them and the mail service looks them up
+(`tollgate.mail.service.suppression_key`: trimmed, lower case, the domain without trailing dots). A look-up or
+removal normalises its input the same way, so `Ada@Example.com. ` names `ada@example.com`.
 
 Removal deletes the row (`DELETE ... RETURNING`: of two admins removing the same address one removes it, the other
 gets `email_suppression_not_found`) and writes an audit row with the old values in the same transaction. The audit
@@ -20,6 +21,7 @@ from sqlalchemy import delete, select
 
 from tollgate.db import UnitOfWork
 from tollgate.errors import EmailSuppressionNotFound, ValidationFailed
+from tollgate.mail.service import suppression_key
 from tollgate.models.mail_events import SUPPRESSION_REASONS, EmailSuppression
 from tollgate.pagination import Page, keyset_page
 from tollgate.services import authz
@@ -39,8 +41,8 @@ class Suppression:
 
 
 def normalise(email: str) -> str:
-    """An address as the suppression list keeps it (mail_events writes `strip().lower()`)."""
-    address = email.strip().lower()
+    """An address as the suppression list keeps it (the key mail_events writes and the mail service looks up)."""
+    address = suppression_key(email)
     if not address or len(address) > MAX_EMAIL:
         raise ValidationFailed(f"an email address has 1-{MAX_EMAIL} characters", details={"field": "email"})
     return address

@@ -30,6 +30,7 @@ from tollgate.config import get_settings
 from tollgate.db import UnitOfWork
 from tollgate.db.base import new_id, utcnow
 from tollgate.errors import NotFound, SnsMessageInvalid, SnsMessageStale, ValidationFailed
+from tollgate.mail.service import suppression_key
 from tollgate.mail.sns import CertFetcher, fetch_cert, verify_sns_message
 from tollgate.models.auth import EmailLog
 from tollgate.models.mail_events import EmailSuppression, MailEvent
@@ -67,7 +68,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 def _addresses(items: Any, key: str = "emailAddress") -> list[str]:
     found = [str(i.get(key)) for i in items if isinstance(i, Mapping) and i.get(key)] if isinstance(items, list) else []
-    return [a.strip().lower() for a in found]
+    return [suppression_key(a) for a in found]
 
 
 def _read(event: Mapping[str, Any]) -> tuple[str, str | None, str, dict[str, Any], datetime | None, list[str]]:
@@ -89,7 +90,7 @@ def _read(event: Mapping[str, Any]) -> tuple[str, str | None, str, dict[str, Any
         subtype = str(body.get("complaintFeedbackType") or "") or None
         recipients = _addresses(body.get("complainedRecipients"))
     elif kind == "delivery":
-        recipients = [str(r).strip().lower() for r in body.get("recipients") or [] if isinstance(r, str)]
+        recipients = [suppression_key(str(r)) for r in body.get("recipients") or [] if isinstance(r, str)]
     details = {"event_type": name, **{k: v for k, v in body.items() if k != "timestamp"}}
     return kind, subtype, message_id, details, _time(body.get("timestamp") or mail.get("timestamp")), recipients
 
@@ -165,7 +166,7 @@ def apply_event(
             log.status = status
         if status in ("bounced", "complained") and (kind == "complaint" or (subtype or "").startswith("Permanent")):
             # Only the address the log sent to: an event naming other recipients never suppresses theirs.
-            own = log.recipient.strip().lower()
+            own = suppression_key(log.recipient)
             suppressed = (own,) if not recipients or own in recipients else ()
             _suppress(session, suppressed, "complaint" if kind == "complaint" else "bounce", event_id, now)
     return MailEventResult(

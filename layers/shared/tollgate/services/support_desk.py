@@ -11,6 +11,12 @@ Rules:
 - New replies are mailed to the other side after the commit, through the mail service (its anti-spam window: one
   message of a type to an address per MAIL_MIN_INTERVAL_SECONDS): a staff reply to the customer (a note never);
   a customer's reply to the assignee, or, unassigned, to the `support_inbox_email` setting (empty: nobody).
+- A ticket answer carries its latest MESSAGES_SHOWN messages, oldest first, and `messages_next_cursor` when older
+  ones exist; the message list pages over all of them newest first by id (ids are UUIDv7, increasing in creation
+  order), so that cursor goes on with the messages just older than the answer's. A customer's list holds no
+  internal note at all (not filtered after the page is cut: page sizes and cursors say nothing of notes).
+- A message cursor is signed for its ticket and its side (customer or staff): another ticket's, another list's or
+  the other side's cursor is 400 `invalid_cursor`.
 - Answers are views (frozen dataclasses of plain values made inside the unit of work), never ORM rows.
 """
 
@@ -38,7 +44,7 @@ from tollgate.models.credits import CreditAccount, CreditTransaction
 from tollgate.models.payments import Purchase
 from tollgate.models.support import TICKET_PRIORITIES, TICKET_STATUSES, SupportTicket, TicketMessage
 from tollgate.models.users import User, UserRole, UserStatus
-from tollgate.pagination import Page, keyset_page
+from tollgate.pagination import Page, check_limit, decode_cursor, encode_cursor, keyset_page
 from tollgate.services.authz import ADMIN, SUPPORT, Actor, audit, require_role
 from tollgate.services.user_admin import OrderSummary, PurchaseSummary, order_summary, purchase_summary
 
@@ -86,10 +92,12 @@ class MessageView:
 
 @dataclass(frozen=True, slots=True)
 class TicketThread:
-    """A ticket with the messages its reader may see (a customer: no internal note)."""
+    """A ticket with the latest messages its reader may see (a customer: no internal note), oldest first, and the
+    cursor of the message list for the older ones (None: `messages` holds them all)."""
 
     ticket: TicketView
     messages: tuple[MessageView, ...]
+    messages_next_cursor: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +136,7 @@ class CustomerContext:
 class StaffTicketView:
     ticket: TicketView
     messages: tuple[MessageView, ...]
+    messages_next_cursor: str | None
     context: CustomerContext
 
 
@@ -178,12 +187,40 @@ def _locked_ticket(session: Session, ticket_id: uuid.UUID, *, customer_id: uuid.
     return ticket
 
 
-def _messages(session: Session, ticket_id: uuid.UUID, *, internal: bool) -> tuple[MessageView, ...]:
+def _message_scope(ticket_id: uuid.UUID, *, internal: bool) -> str:
+    # The list's order plus its ticket and side: a cursor pages only the list that issued it.
+    return f"ticket_messages.id:desc:ticket={ticket_id}:{'staff' if internal else 'customer'}"
+
+
+def _message_page(
+    session: Session, ticket_id: uuid.UUID, *, internal: bool, after: uuid.UUID | None, size: int
+) -> Page[MessageView]:
+    """Up to `size` of the ticket's messages its reader may see, newest first, older than `after`."""
     statement = select(TicketMessage).where(TicketMessage.ticket_id == ticket_id)
-    if not internal:
+    if not internal:  # in the statement, so a customer's page is full-sized and its cursor a public message's
         statement = statement.where(TicketMessage.is_internal.is_(False))
-    latest = session.execute(statement.order_by(TicketMessage.id.desc()).limit(MESSAGES_SHOWN)).scalars().all()
-    return tuple(_message_view(m) for m in reversed(latest))
+    if after is not None:
+        statement = statement.where(TicketMessage.id < after)
+    rows = session.execute(statement.order_by(TicketMessage.id.desc()).limit(size + 1)).scalars().all()
+    items = rows[:size]
+    more = len(rows) > size
+    next_cursor = encode_cursor(_message_scope(ticket_id, internal=internal), [items[-1].id]) if more else None
+    return Page(items=[_message_view(m) for m in items], next_cursor=next_cursor)
+
+
+def _latest_messages(
+    session: Session, ticket_id: uuid.UUID, *, internal: bool
+) -> tuple[tuple[MessageView, ...], str | None]:
+    """A ticket answer's messages (the latest MESSAGES_SHOWN, oldest first) and the cursor for older ones."""
+    page = _message_page(session, ticket_id, internal=internal, after=None, size=MESSAGES_SHOWN)
+    return tuple(reversed(page.items)), page.next_cursor
+
+
+def _message_cursor(ticket_id: uuid.UUID, cursor: str | None, *, internal: bool) -> uuid.UUID | None:
+    if not cursor:
+        return None
+    after: uuid.UUID = decode_cursor(cursor, _message_scope(ticket_id, internal=internal), "u")[0]
+    return after
 
 
 def _ticket_link(ticket: SupportTicket, *, staff: bool) -> str:
@@ -258,7 +295,7 @@ def open_ticket(
         session.add(ticket)
         session.flush()
         mail = _to_staff(session, ticket, None, "support_ticket_opened")
-        view = TicketThread(_ticket_view(ticket), ())
+        view = TicketThread(_ticket_view(ticket), (), None)
         uow.commit()
     _send(uow, mail)
     return view
@@ -284,7 +321,23 @@ def own_ticket(uow: UnitOfWork, customer_id: uuid.UUID, ticket_id: uuid.UUID) ->
         ).scalar_one_or_none()
         if ticket is None:
             raise TicketNotFound("no such ticket", details={"ticket_id": str(ticket_id)})
-        return TicketThread(_ticket_view(ticket), _messages(uow.session, ticket_id, internal=False))
+        messages, older = _latest_messages(uow.session, ticket_id, internal=False)
+        return TicketThread(_ticket_view(ticket), messages, older)
+
+
+def own_ticket_messages(
+    uow: UnitOfWork, customer_id: uuid.UUID, ticket_id: uuid.UUID, *, cursor: str | None, limit: int | None
+) -> Page[MessageView]:
+    """The public messages of one of the customer's tickets, newest first (another's ticket is not found)."""
+    size = check_limit(limit)
+    after = _message_cursor(ticket_id, cursor, internal=False)
+    with uow:
+        owned = uow.session.execute(
+            select(SupportTicket.id).where(SupportTicket.id == ticket_id, SupportTicket.customer_id == customer_id)
+        ).scalar_one_or_none()
+        if owned is None:
+            raise TicketNotFound("no such ticket", details={"ticket_id": str(ticket_id)})
+        return _message_page(uow.session, ticket_id, internal=False, after=after, size=size)
 
 
 def customer_reply(uow: UnitOfWork, customer_id: uuid.UUID, ticket_id: uuid.UUID, *, content: str) -> MessageView:
@@ -376,16 +429,28 @@ def _context(session: Session, customer_id: uuid.UUID) -> CustomerContext:
 
 
 def staff_ticket(uow: UnitOfWork, actor: Actor, ticket_id: uuid.UUID) -> StaffTicketView:
-    """One ticket with every message (internal notes included) and the customer's recent history."""
+    """One ticket with its latest messages (internal notes included) and the customer's recent history."""
     require_role(actor, ADMIN, SUPPORT)
     with uow:
         session = uow.session
         ticket = session.get(SupportTicket, ticket_id)
         if ticket is None:
             raise TicketNotFound("no such ticket", details={"ticket_id": str(ticket_id)})
-        return StaffTicketView(
-            _ticket_view(ticket), _messages(session, ticket_id, internal=True), _context(session, ticket.customer_id)
-        )
+        messages, older = _latest_messages(session, ticket_id, internal=True)
+        return StaffTicketView(_ticket_view(ticket), messages, older, _context(session, ticket.customer_id))
+
+
+def staff_ticket_messages(
+    uow: UnitOfWork, actor: Actor, ticket_id: uuid.UUID, *, cursor: str | None, limit: int | None
+) -> Page[MessageView]:
+    """Every message of a ticket, internal notes included, newest first."""
+    require_role(actor, ADMIN, SUPPORT)
+    size = check_limit(limit)
+    after = _message_cursor(ticket_id, cursor, internal=True)
+    with uow:
+        if uow.session.get(SupportTicket, ticket_id) is None:
+            raise TicketNotFound("no such ticket", details={"ticket_id": str(ticket_id)})
+        return _message_page(uow.session, ticket_id, internal=True, after=after, size=size)
 
 
 def _is_active_staff(user: User) -> bool:
