@@ -528,7 +528,7 @@ def list_transactions(
             quantity=t.quantity,
             hold_id=t.hold_id,
             reverses_id=t.reverses_id,
-            metadata=t.metadata_,
+            metadata=t.metadata,
             created_at=t.created_at,
         )
         for t in page.items

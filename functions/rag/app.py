@@ -171,7 +171,7 @@ class ConversationDetailOut(ConversationOut):
 
 
 # --- edge helpers ---------------------------------------------------------------------------------------------
-def _conversation_out(c: Any) -> dict[str, Any]:
+def _conversation_out(c: rag_ask.ConversationView) -> dict[str, Any]:
     return {
         "id": c.id,
         "title": c.title,
@@ -227,7 +227,7 @@ def list_chunks(
             embedding_model=c.embedding_model,
             embedding_dim=c.embedding_dim,
             token_count=c.token_count,
-            metadata=c.metadata_,
+            metadata=c.metadata,
             created_at=c.created_at,
             updated_at=c.updated_at,
         )

@@ -93,7 +93,7 @@ def _file_out(view: files.FileView) -> FileOut:
         size=f.size,
         status=f.status,
         checksum=f.checksum,
-        metadata=f.metadata_,
+        metadata=f.metadata,
         created_at=f.created_at,
         updated_at=f.updated_at,
         completed_at=f.completed_at,

@@ -19,7 +19,6 @@ from tollgate.db import UnitOfWork
 from tollgate.errors import BadRequest
 from tollgate.http.api import create_app, current_actor, current_principal
 from tollgate.http.edge import Cursor, Limit, idempotency_key
-from tollgate.models.payments import Invoice, Purchase
 from tollgate.observability import logger, metrics, tracer
 from tollgate.services import billing, manual_plans, webhooks
 
@@ -177,7 +176,7 @@ def _receive(provider: str) -> WebhookOut:
     )
 
 
-def _purchase_out(p: Purchase) -> PurchaseOut:
+def _purchase_out(p: billing.PurchaseView) -> PurchaseOut:
     return PurchaseOut(
         id=p.id, provider=p.provider, order_id=p.provider_order_id, item_kind=p.item_kind, item_id=p.item_id,
         package_name=p.package_name, credits=p.credits, amount=p.amount, currency=p.currency, status=p.status,
@@ -186,7 +185,7 @@ def _purchase_out(p: Purchase) -> PurchaseOut:
     )  # fmt: skip
 
 
-def _invoice_out(i: Invoice) -> InvoiceOut:
+def _invoice_out(i: billing.InvoiceView) -> InvoiceOut:
     return InvoiceOut(
         id=i.id, provider=i.provider, invoice_id=i.provider_invoice_id, number=i.number, status=i.status,
         amount_due=i.amount_due, amount_paid=i.amount_paid, currency=i.currency, period_start=i.period_start,
@@ -218,13 +217,12 @@ def portal(body: PortalIn | None = None) -> UrlOut:
 
 @app.get("/billing/subscription", summary="The current subscription, or null")
 def subscription() -> SubscriptionOut | None:
-    found = billing.current_subscription(UnitOfWork(), current_principal(app).user_id)
-    if found is None:
+    sub = billing.current_subscription(UnitOfWork(), current_principal(app).user_id)
+    if sub is None:
         return None
-    sub, plan = found
     return SubscriptionOut(
         id=sub.id, provider=sub.provider, status=sub.status, plan=sub.tier, plan_id=sub.plan_id,
-        plan_name=plan.name if plan else None, interval=sub.interval, current_period_start=sub.current_period_start,
+        plan_name=sub.plan_name, interval=sub.interval, current_period_start=sub.current_period_start,
         current_period_end=sub.current_period_end, cancel_at_period_end=sub.cancel_at_period_end,
         canceled_at=sub.canceled_at, trial_end=sub.trial_end, quantity=sub.quantity,
     )  # fmt: skip

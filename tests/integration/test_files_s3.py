@@ -127,7 +127,7 @@ def test_retention_deletes_the_objects_then_the_rows_of_expired_files_only(db: D
     storage = get_storage()
     now = utcnow()
 
-    def made(name: str, *, started, ready: bool, deleted=None) -> StorageObject:
+    def made(name: str, *, started, ready: bool, deleted=None) -> files.StoredFile:
         up = files.start_upload(UnitOfWork(), storage, user, name=name, content_type="text/plain", size=2, now=started)
         _put(s3, up.file.key, b"ok", "text/plain")
         if ready:

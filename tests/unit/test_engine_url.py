@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -48,7 +49,7 @@ def test_ids_are_uuid7_and_time_ordered() -> None:
 def test_ids_made_in_one_millisecond_sort_in_the_order_they_were_made(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a clock that stands still for a millisecond, then steps back a second
     clock = iter([1_700_000_000_000_000_000] * 500 + [1_699_999_999_000_000_000] * 500)
-    monkeypatch.setattr(base.time, "time_ns", lambda: next(clock))
+    monkeypatch.setattr(time, "time_ns", lambda: next(clock))
     monkeypatch.setattr(base, "_last_millis", 0)  # no id made yet in this process
     # When ids are made
     ids = [new_id() for _ in range(1000)]
@@ -81,7 +82,7 @@ def test_ids_stay_ordered_across_threads() -> None:
 
 def test_a_full_counter_moves_on_to_the_next_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a millisecond whose counter is at its last value
-    monkeypatch.setattr(base.time, "time_ns", lambda: 1_700_000_000_000_000_000)
+    monkeypatch.setattr(time, "time_ns", lambda: 1_700_000_000_000_000_000)
     monkeypatch.setattr(base, "_last_millis", 0)
     first = new_id()
     monkeypatch.setattr(base, "_last_counter", (1 << 74) - 1)

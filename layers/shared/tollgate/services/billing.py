@@ -1,5 +1,6 @@
 """Billing for the signed-in user: checkout (Stripe Checkout / Lemon Squeezy checkouts), the customer portal,
-and the subscription, purchase and invoice history.
+and the subscription, purchase and invoice history (answered as views: frozen dataclasses of plain values made
+inside the unit of work, never ORM rows).
 
 Checkouts carry the buyer and the item (API.md): Stripe `client_reference_id` = user id and `metadata` (also
 on the payment intent / subscription) = {user_id, kind, item_id}; Lemon Squeezy `checkout_data.custom` = the
@@ -13,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal, TypeVar
 
 from sqlalchemy import select
 
@@ -36,6 +37,7 @@ from tollgate.pagination import Page, keyset_page
 from tollgate.payments import adapters
 from tollgate.payments.money import to_minor
 from tollgate.payments.statuses import ENTITLED, TRIALING
+from tollgate.services.views import row_view
 
 Provider = Literal["stripe", "lemonsqueezy"]
 CheckoutProvider = Literal["stripe", "lemonsqueezy", "asaas"]
@@ -50,6 +52,61 @@ class CheckoutResult:
     url: str
     provider: str
     session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionView:
+    id: uuid.UUID
+    provider: str
+    status: str
+    tier: str | None
+    plan_id: uuid.UUID | None
+    plan_name: str | None  # None: no plan, or its plan is gone
+    interval: str | None
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    canceled_at: datetime | None
+    trial_end: datetime | None
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseView:
+    id: uuid.UUID
+    provider: str
+    provider_order_id: str
+    item_kind: str
+    item_id: uuid.UUID | None
+    package_name: str | None
+    credits: Decimal
+    amount: Decimal
+    currency: str
+    status: str
+    refunded_amount: Decimal
+    credits_clawed_back: Decimal
+    expires_at: datetime | None
+    paid_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceView:
+    id: uuid.UUID
+    provider: str
+    provider_invoice_id: str
+    number: str | None
+    status: str
+    amount_due: Decimal
+    amount_paid: Decimal
+    currency: str
+    period_start: datetime | None
+    period_end: datetime | None
+    credits_granted: Decimal
+    refunded_amount: Decimal
+    hosted_invoice_url: str | None
+    paid_at: datetime | None
+    created_at: datetime
 
 
 def _provider_key(user_id: uuid.UUID, idempotency_key: str) -> str:
@@ -217,7 +274,7 @@ def active_subscription(uow: UnitOfWork, user_id: uuid.UUID) -> Subscription | N
     return entitled[0] if entitled else None
 
 
-def current_subscription(uow: UnitOfWork, user_id: uuid.UUID) -> tuple[Subscription, Plan | None] | None:
+def current_subscription(uow: UnitOfWork, user_id: uuid.UUID) -> SubscriptionView | None:
     with uow:
         sub = active_subscription(uow, user_id)
         if sub is None:
@@ -230,28 +287,36 @@ def current_subscription(uow: UnitOfWork, user_id: uuid.UUID) -> tuple[Subscript
         if sub is None:
             return None
         plan = uow.session.get(Plan, sub.plan_id) if sub.plan_id else None
-        # Detached with their loaded values: the unit of work's closing rollback must not expire them.
-        uow.session.expunge_all()
-        return sub, plan
+        return row_view(SubscriptionView, sub, plan_name=plan.name if plan else None)
+
+
+ListedView = TypeVar("ListedView", PurchaseView, InvoiceView)
 
 
 def _page(
-    uow: UnitOfWork, model: type[Purchase] | type[Invoice], user_id: uuid.UUID, cursor: str | None, limit: int
-) -> Page[Any]:
+    uow: UnitOfWork,
+    model: type[Purchase] | type[Invoice],
+    view_type: type[ListedView],
+    user_id: uuid.UUID,
+    cursor: str | None,
+    limit: int,
+) -> Page[ListedView]:
     with uow:
         page = keyset_page(
             uow.session, select(model).where(model.user_id == user_id), model.created_at, model.id, cursor=cursor,
             limit=limit, descending=True,
         )  # fmt: skip
-        uow.session.expunge_all()  # detached, loaded: the exit's rollback must not expire them
-    return page
+        items = [row_view(view_type, row) for row in page.items]
+    return Page(items=items, next_cursor=page.next_cursor)
 
 
 def list_purchases(
     uow: UnitOfWork, user_id: uuid.UUID, *, cursor: str | None = None, limit: int = 20
-) -> Page[Purchase]:
-    return _page(uow, Purchase, user_id, cursor, limit)
+) -> Page[PurchaseView]:
+    return _page(uow, Purchase, PurchaseView, user_id, cursor, limit)
 
 
-def list_invoices(uow: UnitOfWork, user_id: uuid.UUID, *, cursor: str | None = None, limit: int = 20) -> Page[Invoice]:
-    return _page(uow, Invoice, user_id, cursor, limit)
+def list_invoices(
+    uow: UnitOfWork, user_id: uuid.UUID, *, cursor: str | None = None, limit: int = 20
+) -> Page[InvoiceView]:
+    return _page(uow, Invoice, InvoiceView, user_id, cursor, limit)

@@ -1,7 +1,8 @@
 """Credits use cases for the caller's own account: balance, usage, holds, history, costs, settings, catalogue.
 
-Each function takes plain values and a UnitOfWork, commits what it changed, and raises domain errors; nothing
-here knows of HTTP. The ledger rules live in `tollgate.ledger`.
+Each function takes plain values and a UnitOfWork, commits what it changed, raises domain errors, and answers
+views (frozen dataclasses of plain values made inside the unit of work), never ORM rows; nothing here knows of
+HTTP. The ledger rules live in `tollgate.ledger`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tollgate.errors import BonusAutoUseLocked, ValidationFailed
 from tollgate.models.credits import CreditPack, CreditTransaction, Plan
 from tollgate.pagination import Page, keyset_page
 from tollgate.services import auto_topup
+from tollgate.services.views import plain_json, row_view
 
 ZERO = Decimal(0)
 MAX_SUMMARY_DAYS = 366
@@ -44,6 +46,69 @@ class BalanceView:
     tier: str
     bonus_auto_use: bool
     bonus_auto_use_locked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionView:
+    id: uuid.UUID
+    type: str
+    amount: Decimal
+    balance_after: Decimal
+    operation: str | None
+    quantity: Decimal | None
+    hold_id: uuid.UUID | None
+    reverses_id: uuid.UUID | None
+    metadata: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PlanView:
+    """A plan of the catalogue (the public list and the admin routes)."""
+
+    id: uuid.UUID
+    tier: str
+    name: str
+    description: str | None
+    monthly_credits: Decimal
+    rollover: str
+    rollover_cap: Decimal | None
+    price_monthly: Decimal
+    price_yearly: Decimal
+    currency: str
+    features: Any  # JSON as stored (a list of feature lines)
+    badge: str | None
+    highlight: bool
+    cta_type: str | None
+    cta_label: str | None
+    cta_url: str | None
+    sort_order: int
+    active: bool
+    billing_source: str
+    stripe_price_id_monthly: str | None
+    stripe_price_id_yearly: str | None
+    lemonsqueezy_variant_id_monthly: str | None
+    lemonsqueezy_variant_id_yearly: str | None
+    clerk_plan_id: str | None
+    asaas_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PackView:
+    """A credit pack of the catalogue (the public list and the admin routes)."""
+
+    id: uuid.UUID
+    name: str
+    description: str | None
+    credits: Decimal
+    price: Decimal
+    currency: str
+    expires_after_days: int | None
+    sort_order: int
+    active: bool
+    stripe_price_id: str | None
+    lemonsqueezy_variant_id: str | None
+    asaas_id: str | None
 
 
 BALANCE_SQL = """
@@ -179,7 +244,7 @@ def list_transactions(
     until: datetime | None = None,
     cursor: str | None = None,
     limit: int | None = None,
-) -> Page[CreditTransaction]:
+) -> Page[TransactionView]:
     """The user's ledger, newest first."""
     if type_ is not None and type_ not in TRANSACTION_TYPES:
         raise ValidationFailed(
@@ -199,8 +264,8 @@ def list_transactions(
             uow.session, statement, CreditTransaction.created_at, CreditTransaction.id, cursor=cursor, limit=limit,
             descending=True,
         )  # fmt: skip
-        uow.session.expunge_all()  # detached, loaded: the exit's rollback must not expire them
-    return page
+        items = [row_view(TransactionView, t, metadata=plain_json(t.metadata_)) for t in page.items]
+    return Page(items=items, next_cursor=page.next_cursor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,21 +331,21 @@ def update_settings(uow: UnitOfWork, user_id: uuid.UUID, *, bonus_auto_use: bool
     return view
 
 
-def active_plans(uow: UnitOfWork, *, cursor: str | None = None, limit: int | None = None) -> Page[Plan]:
+def active_plans(uow: UnitOfWork, *, cursor: str | None = None, limit: int | None = None) -> Page[PlanView]:
     with uow:
         page = keyset_page(
             uow.session, select(Plan).where(Plan.active.is_(True)), Plan.sort_order, Plan.id, cursor=cursor,
             limit=limit,
         )  # fmt: skip
-        uow.session.expunge_all()  # detached, loaded: the exit's rollback must not expire them
-    return page
+        items = [row_view(PlanView, p) for p in page.items]
+    return Page(items=items, next_cursor=page.next_cursor)
 
 
-def active_credit_packs(uow: UnitOfWork, *, cursor: str | None = None, limit: int | None = None) -> Page[CreditPack]:
+def active_credit_packs(uow: UnitOfWork, *, cursor: str | None = None, limit: int | None = None) -> Page[PackView]:
     with uow:
         page = keyset_page(
             uow.session, select(CreditPack).where(CreditPack.active.is_(True)), CreditPack.sort_order,
             CreditPack.id, cursor=cursor, limit=limit,
         )  # fmt: skip
-        uow.session.expunge_all()  # detached, loaded: the exit's rollback must not expire them
-    return page
+        items = [row_view(PackView, p) for p in page.items]
+    return Page(items=items, next_cursor=page.next_cursor)

@@ -1,6 +1,7 @@
 """Admin credit use cases: charges on a user's behalf, adjustments, refunds, account inspection, feature costs,
 the catalogue (plans, credit packs) and reconciliation. Every function checks the caller's `Actor` itself
-(services/authz.py: ADMIN; support may read an account) and writes an audit_logs row for what it changes."""
+(services/authz.py: ADMIN; support may read an account), writes an audit_logs row for what it changes, and answers
+views (frozen dataclasses of plain values made inside the unit of work), never ORM rows."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from tollgate.models.credits import AdminSettings, CreditAccount, CreditGrant, C
 from tollgate.models.users import User
 from tollgate.pagination import Page, keyset_page
 from tollgate.services.authz import ADMIN, SUPPORT, Actor, require_role
+from tollgate.services.credits import PackView, PlanView
+from tollgate.services.views import row_view
 
 OPERATION_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 TIER_NAME = re.compile(r"^[A-Z0-9_]{1,32}$")
@@ -151,10 +154,32 @@ def reconcile(uow: UnitOfWork, actor: Actor) -> ledger.ReconcileReport:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountView:
+    balance: Decimal
+    held: Decimal
+    debt: Decimal
+    floor: Decimal
+    bonus_auto_use: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GrantView:
+    id: uuid.UUID
+    kind: str
+    amount: Decimal
+    remaining: Decimal
+    status: str
+    source_key: str
+    expires_at: datetime | None
+    expired_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class UserCredits:
     user_id: uuid.UUID
-    account: CreditAccount | None
-    grants: list[CreditGrant]
+    account: AccountView | None
+    grants: list[GrantView]
 
 
 def user_credits(uow: UnitOfWork, actor: Actor, user_id: uuid.UUID) -> UserCredits:
@@ -164,8 +189,9 @@ def user_credits(uow: UnitOfWork, actor: Actor, user_id: uuid.UUID) -> UserCredi
     with uow:
         _user_exists(uow, user_id)
         account = uow.session.get(CreditAccount, user_id)
-        grants = list(
-            uow.session.execute(
+        grants = [
+            row_view(GrantView, g)
+            for g in uow.session.execute(
                 select(CreditGrant)
                 .where(CreditGrant.user_id == user_id)
                 .order_by(
@@ -176,9 +202,9 @@ def user_credits(uow: UnitOfWork, actor: Actor, user_id: uuid.UUID) -> UserCredi
                 )
                 .limit(MAX_GRANTS_LISTED)
             ).scalars()
-        )
-        uow.session.expunge_all()  # detached, loaded: the exit's rollback must not expire them
-    return UserCredits(user_id=user_id, account=account, grants=grants)
+        ]
+        account_view = row_view(AccountView, account) if account is not None else None
+    return UserCredits(user_id=user_id, account=account_view, grants=grants)
 
 
 # --- feature costs --------------------------------------------------------------------------------------------
@@ -299,15 +325,15 @@ def _flush_unique(uow: UnitOfWork, what: str) -> None:
         raise Conflict(f"a {what} with this name already exists", details={"constraint": str(exc.orig)[:200]}) from None
 
 
-def list_plans(uow: UnitOfWork, actor: Actor, *, cursor: str | None, limit: int | None) -> Page[Plan]:
+def list_plans(uow: UnitOfWork, actor: Actor, *, cursor: str | None, limit: int | None) -> Page[PlanView]:
     _admin(actor)
     with uow:
         page = keyset_page(uow.session, select(Plan), Plan.sort_order, Plan.id, cursor=cursor, limit=limit)
-        uow.session.expunge_all()  # detached, loaded: the exit's rollback must not expire them
-    return page
+        items = [row_view(PlanView, p) for p in page.items]
+    return Page(items=items, next_cursor=page.next_cursor)
 
 
-def create_plan(uow: UnitOfWork, actor: Actor, fields: Mapping[str, Any]) -> Plan:
+def create_plan(uow: UnitOfWork, actor: Actor, fields: Mapping[str, Any]) -> PlanView:
     _admin(actor)
     values = {k: v for k, v in fields.items() if k in PLAN_FIELDS}
     with uow:
@@ -316,11 +342,12 @@ def create_plan(uow: UnitOfWork, actor: Actor, fields: Mapping[str, Any]) -> Pla
         uow.session.add(plan)
         _flush_unique(uow, "plan")
         _audit_change(uow, actor, "catalogue.plan_create", "plan", plan.id, values)
+        view = row_view(PlanView, plan)
         uow.commit()
-    return plan
+    return view
 
 
-def update_plan(uow: UnitOfWork, actor: Actor, plan_id: uuid.UUID, fields: Mapping[str, Any]) -> Plan:
+def update_plan(uow: UnitOfWork, actor: Actor, plan_id: uuid.UUID, fields: Mapping[str, Any]) -> PlanView:
     _admin(actor)
     values = {k: v for k, v in fields.items() if k in PLAN_FIELDS}
     with uow:
@@ -333,21 +360,22 @@ def update_plan(uow: UnitOfWork, actor: Actor, plan_id: uuid.UUID, fields: Mappi
         plan.updated_at = utcnow()
         _flush_unique(uow, "plan")
         _audit_change(uow, actor, "catalogue.plan_update", "plan", plan.id, values)
+        view = row_view(PlanView, plan)
         uow.commit()
-    return plan
+    return view
 
 
-def list_packs(uow: UnitOfWork, actor: Actor, *, cursor: str | None, limit: int | None) -> Page[CreditPack]:
+def list_packs(uow: UnitOfWork, actor: Actor, *, cursor: str | None, limit: int | None) -> Page[PackView]:
     _admin(actor)
     with uow:
         page = keyset_page(
             uow.session, select(CreditPack), CreditPack.sort_order, CreditPack.id, cursor=cursor, limit=limit
         )
-        uow.session.expunge_all()  # detached, loaded: the exit's rollback must not expire them
-    return page
+        items = [row_view(PackView, p) for p in page.items]
+    return Page(items=items, next_cursor=page.next_cursor)
 
 
-def create_pack(uow: UnitOfWork, actor: Actor, fields: Mapping[str, Any]) -> CreditPack:
+def create_pack(uow: UnitOfWork, actor: Actor, fields: Mapping[str, Any]) -> PackView:
     _admin(actor)
     values = {k: v for k, v in fields.items() if k in PACK_FIELDS}
     with uow:
@@ -355,11 +383,12 @@ def create_pack(uow: UnitOfWork, actor: Actor, fields: Mapping[str, Any]) -> Cre
         uow.session.add(pack)
         _flush_unique(uow, "credit pack")
         _audit_change(uow, actor, "catalogue.pack_create", "credit_pack", pack.id, values)
+        view = row_view(PackView, pack)
         uow.commit()
-    return pack
+    return view
 
 
-def update_pack(uow: UnitOfWork, actor: Actor, pack_id: uuid.UUID, fields: Mapping[str, Any]) -> CreditPack:
+def update_pack(uow: UnitOfWork, actor: Actor, pack_id: uuid.UUID, fields: Mapping[str, Any]) -> PackView:
     _admin(actor)
     values = {k: v for k, v in fields.items() if k in PACK_FIELDS}
     with uow:
@@ -373,5 +402,6 @@ def update_pack(uow: UnitOfWork, actor: Actor, pack_id: uuid.UUID, fields: Mappi
         pack.updated_at = utcnow()
         _flush_unique(uow, "credit pack")
         _audit_change(uow, actor, "catalogue.pack_update", "credit_pack", pack.id, values)
+        view = row_view(PackView, pack)
         uow.commit()
-    return pack
+    return view

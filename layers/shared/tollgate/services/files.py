@@ -11,6 +11,8 @@ the tier's quota bounds what a user can keep.
 
 The store is called outside any transaction that holds locks (HEAD at completion, deletes in Retention and
 erasure): a slow S3 never keeps a row locked.
+
+Answers are views (frozen dataclasses of plain values made inside the unit of work), never ORM rows.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from tollgate.errors import (
 from tollgate.models import User
 from tollgate.models.storage import FileStatus, StorageObject
 from tollgate.pagination import Page, keyset_page
+from tollgate.services.views import plain_json, row_view
 from tollgate.storage import PresignedPost, Storage
 
 MAX_NAME = 255
@@ -58,15 +61,34 @@ _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\
 
 
 @dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A file's row as read (or as written) in its unit of work."""
+
+    id: uuid.UUID
+    key: str
+    pathname: str
+    original_name: str
+    content_type: str
+    size: int
+    checksum: str | None
+    metadata: dict[str, Any]
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    deleted_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Upload:
-    file: StorageObject
+    file: StoredFile
     post: PresignedPost
     complete_by: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class FileView:
-    file: StorageObject
+    file: StoredFile
     download_url: str | None
     download_expires_at: datetime | None
     restorable_until: datetime | None
@@ -173,11 +195,15 @@ def _owned(session: Session, user_id: uuid.UUID, file_id: uuid.UUID, *, lock: bo
     return found
 
 
-def _detached(uow: UnitOfWork, row: StorageObject) -> StorageObject:
+def _stored_file(row: StorageObject) -> StoredFile:
+    return row_view(StoredFile, row, metadata=plain_json(row.metadata_))
+
+
+def _written(uow: UnitOfWork, row: StorageObject) -> StoredFile:
+    """The row as the database now holds it (flushed, then read back)."""
     uow.session.flush()
     uow.session.refresh(row)
-    uow.session.expunge(row)  # handed out loaded: the unit of work's closing rollback would expire it
-    return row
+    return _stored_file(row)
 
 
 # --- upload ---------------------------------------------------------------------------------------------------
@@ -237,9 +263,9 @@ def start_upload(
             updated_at=now,
         )
         session.add(row)
-        detached = _detached(uow, row)
+        written = _written(uow, row)
         uow.commit()
-    return Upload(file=detached, post=post, complete_by=complete_by(settings, now))
+    return Upload(file=written, post=post, complete_by=complete_by(settings, now))
 
 
 def complete_upload(
@@ -249,8 +275,7 @@ def complete_upload(
     settings = get_settings()
     now = now or utcnow()
     with uow:
-        row = _owned(uow.session, user_id, file_id)
-        uow.session.expunge(row)
+        row = _stored_file(_owned(uow.session, user_id, file_id))
     if row.status == FileStatus.READY:
         return plain(settings, row)  # completing twice answers the file again
     if row.status == FileStatus.DELETED:
@@ -281,9 +306,9 @@ def complete_upload(
         current = _owned(uow.session, user_id, file_id)
         if current.status == FileStatus.DELETED:  # deleted while the store answered
             raise FileNotFound("no such file", details={"file_id": str(file_id)})
-        detached = _detached(uow, current)
+        written = _written(uow, current)
         uow.commit()
-    return plain(settings, detached)
+    return plain(settings, written)
 
 
 # --- read -----------------------------------------------------------------------------------------------------------
@@ -310,23 +335,23 @@ def list_files(
             query = query.where(func.split_part(StorageObject.content_type, ";", 1) == media_type(wanted))
     with uow:
         page = keyset_page(uow.session, query, StorageObject.id, cursor=cursor, limit=limit, descending=True)
-        uow.session.expunge_all()
+        rows = [_stored_file(row) for row in page.items]
     settings = get_settings()
-    return Page(items=[plain(settings, row) for row in page.items], next_cursor=page.next_cursor)
+    return Page(items=[plain(settings, row) for row in rows], next_cursor=page.next_cursor)
 
 
-def restorable_until(settings: Settings, row: StorageObject) -> datetime | None:
+def restorable_until(settings: Settings, row: StorageObject | StoredFile) -> datetime | None:
     if row.status != FileStatus.DELETED or row.deleted_at is None:
         return None
     return row.deleted_at + timedelta(days=settings.file_restore_days)
 
 
-def plain(settings: Settings, row: StorageObject) -> FileView:
+def plain(settings: Settings, row: StoredFile) -> FileView:
     """A file without a download URL (lists, and the answers of writes)."""
     return FileView(row, None, None, restorable_until(settings, row))
 
 
-def view(settings: Settings, storage: Storage, row: StorageObject, *, now: datetime | None = None) -> FileView:
+def view(settings: Settings, storage: Storage, row: StoredFile, *, now: datetime | None = None) -> FileView:
     """A file as the API shows it: READY files carry a short-lived download URL."""
     if row.status != FileStatus.READY:
         return FileView(row, None, None, restorable_until(settings, row))
@@ -339,8 +364,7 @@ def get_file(
     uow: UnitOfWork, storage: Storage, user_id: uuid.UUID, file_id: uuid.UUID, *, now: datetime | None = None
 ) -> FileView:
     with uow:
-        row = _owned(uow.session, user_id, file_id)
-        uow.session.expunge(row)
+        row = _stored_file(_owned(uow.session, user_id, file_id))
     return view(get_settings(), storage, row, now=now)
 
 
@@ -376,7 +400,7 @@ def restore_file(uow: UnitOfWork, user_id: uuid.UUID, file_id: uuid.UUID, *, now
         user = _lock_user(session, user_id)  # first, as every admission of bytes does (no lock-order cycle)
         row = _owned(session, user_id, file_id, lock=True)
         if row.status != FileStatus.DELETED:
-            return plain(settings, _detached(uow, row))
+            return plain(settings, _written(uow, row))
         deadline = restorable_until(settings, row)
         if deadline is None or now >= deadline:
             raise RestoreWindowPassed(
@@ -392,9 +416,9 @@ def restore_file(uow: UnitOfWork, user_id: uuid.UUID, file_id: uuid.UUID, *, now
         row.status = FileStatus.READY if completed else FileStatus.PENDING
         row.deleted_at = None
         row.updated_at = now
-        detached = _detached(uow, row)
+        written = _written(uow, row)
         uow.commit()
-    return plain(settings, detached)
+    return plain(settings, written)
 
 
 # --- removal (Retention, erasure) ----------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ Rules added by issue 11 (accounts an attacker cannot take over):
 - a password reset or change revokes every other session and every API key; a reset also drops a second
   factor enrolled after the last completed password sign-in;
 - TOTP secrets are stored sealed (tollgate.auth.sealing), recovery codes hashed.
+
+Answers are views (frozen dataclasses of plain values made inside the unit of work), never ORM rows.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ from tollgate.models.auth import (
 from tollgate.pagination import Page, keyset_page
 from tollgate.services import audit_trail
 from tollgate.services.authz import ADMIN, SUPPORT, Actor, has_role, role_set_by_admin
+from tollgate.services.views import row_view
 
 VERIFICATION_TTL = timedelta(hours=24)
 RESET_TTL = timedelta(hours=1)
@@ -128,6 +131,26 @@ class TokenPair:
 class TwoFactorChallenge:
     challenge_id: uuid.UUID
     method: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileView:
+    """The caller's own profile."""
+
+    id: uuid.UUID
+    email: str
+    name: str | None
+    username: str | None
+    image: str | None
+    role: str
+    status: str
+    tier: str
+    email_verified: bool
+    two_factor_enabled: bool
+    two_factor_method: str | None
+    timezone: str
+    language: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -1151,14 +1174,12 @@ def lock_account(uow: UnitOfWork, token: str) -> None:
 
 
 # --- profile ----------------------------------------------------------------------------------------------------
-def get_profile(uow: UnitOfWork, user_id: uuid.UUID) -> User:
+def get_profile(uow: UnitOfWork, user_id: uuid.UUID) -> ProfileView:
     with uow:
-        user = _user(uow.session, user_id)
-        uow.session.expunge(user)
-        return user
+        return row_view(ProfileView, _user(uow.session, user_id))
 
 
-def update_profile(uow: UnitOfWork, user_id: uuid.UUID, changes: dict[str, object]) -> User:
+def update_profile(uow: UnitOfWork, user_id: uuid.UUID, changes: dict[str, object]) -> ProfileView:
     allowed = {"name", "username", "image", "timezone", "language"}
     unknown = set(changes) - allowed
     if unknown:
@@ -1181,8 +1202,7 @@ def update_profile(uow: UnitOfWork, user_id: uuid.UUID, changes: dict[str, objec
             raise UsernameTaken("this username is taken") from None
         uow.commit()
         session.refresh(user)
-        session.expunge(user)
-        return user
+        return row_view(ProfileView, user)
 
 
 # --- two-factor settings ----------------------------------------------------------------------------------------

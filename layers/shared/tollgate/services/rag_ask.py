@@ -7,6 +7,9 @@ HoldExpiry job releases, never a charge without an answer):
 2. hold an estimate: (prompt tokens + the answer's token cap) priced per 1k tokens (`rag_ask`);
 3. call the model, outside any transaction; on failure release the hold and answer 503;
 4. capture what the tokens used cost (never more than held; the rest is released) and store the messages.
+
+Conversations are answered as views (frozen dataclasses of plain values made inside the unit of work), never ORM
+rows.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from tollgate.pagination import Page, keyset_page
 from tollgate.rag.embeddings import get_embedding_provider
 from tollgate.rag.llm import Completion, Passage, Turn, estimate_prompt_tokens, get_answer_model
 from tollgate.services.rag_search import replay, request_fingerprint, retrieve
+from tollgate.services.views import row_view
 
 ASK_OPERATION = "rag_ask"  # priced per 1,000 tokens: quantity = tokens / 1000
 CREDIT_STEP = Decimal("0.0001")
@@ -44,6 +48,31 @@ class AskOutcome:
     conversation_id: str
     message_id: str
     usage: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationView:
+    id: uuid.UUID
+    title: str
+    model: str
+    message_count: int
+    total_tokens: int
+    credits_used: Decimal
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    id: uuid.UUID
+    role: str
+    content: str
+    sources: list[dict[str, Any]]
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+    credits: Decimal
+    created_at: datetime
 
 
 def _window_start(now: datetime, seconds: int) -> datetime:
@@ -274,28 +303,31 @@ def ask(
 
 
 # --- conversations ---------------------------------------------------------------------------------------------
-def list_conversations(uow: UnitOfWork, user_id: uuid.UUID, *, limit: int, cursor: str | None) -> Page[AiConversation]:
+def list_conversations(
+    uow: UnitOfWork, user_id: uuid.UUID, *, limit: int, cursor: str | None
+) -> Page[ConversationView]:
     query = select(AiConversation).where(AiConversation.user_id == user_id)
     with uow:
         page = keyset_page(uow.session, query, AiConversation.id, cursor=cursor, limit=limit, descending=True)
-        uow.session.expunge_all()  # handed out loaded: the unit of work's closing rollback would expire them
-    return page
+        items = [row_view(ConversationView, c) for c in page.items]
+    return Page(items=items, next_cursor=page.next_cursor)
 
 
 def get_conversation(
     uow: UnitOfWork, user_id: uuid.UUID, conversation_id: uuid.UUID
-) -> tuple[AiConversation, list[AiMessage]]:
+) -> tuple[ConversationView, list[MessageView]]:
     with uow:
         conversation = uow.session.get(AiConversation, conversation_id)
         if conversation is None or conversation.user_id != user_id:
             raise ConversationNotFound("no such conversation", details={"conversation_id": str(conversation_id)})
-        messages = list(
-            uow.session.scalars(
+        messages = [
+            row_view(MessageView, m)
+            for m in uow.session.scalars(
                 select(AiMessage).where(AiMessage.conversation_id == conversation_id).order_by(AiMessage.position)
             )
-        )
-        uow.session.expunge_all()
-    return conversation, messages
+        ]
+        found = row_view(ConversationView, conversation)
+    return found, messages
 
 
 def delete_conversation(uow: UnitOfWork, user_id: uuid.UUID, conversation_id: uuid.UUID) -> None:

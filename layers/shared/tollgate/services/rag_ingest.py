@@ -5,7 +5,8 @@ computed in batches between two short transactions (read what exists; write the 
 transaction stays open while a remote provider is called.
 
 Every entry point takes an `Actor`: admins over HTTP, and the operator at the CLI for ingesting files and
-re-embedding (services/authz.py).
+re-embedding (services/authz.py). The chunk list answers views (frozen dataclasses of plain values made inside
+the unit of work), never ORM rows.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -24,6 +26,7 @@ from tollgate.pagination import Page, keyset_page
 from tollgate.rag.embeddings import EmbeddingProvider
 from tollgate.rag.text import ChunkDraft, estimate_tokens, markdown_chunks, preview, qa_chunk, slug
 from tollgate.services.authz import ADMIN, OPERATOR, Actor, audit, require_role
+from tollgate.services.views import plain_json, row_view
 
 Progress = Callable[[int, int], None]  # (chunks embedded so far, chunks to embed)
 
@@ -44,6 +47,25 @@ class IngestReport:
     deleted: int
     embedded: int  # chunks whose text was sent to the embedding provider
     embedding_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkView:
+    """A stored chunk as an admin lists it (without its embedding)."""
+
+    id: uuid.UUID
+    question: str | None
+    answer: str | None
+    answer_preview: str
+    category: str
+    kind: str
+    source: str | None
+    embedding_model: str
+    embedding_dim: int
+    token_count: int
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
 
 
 def qa_drafts(documents: Sequence[QaDocument], source: str | None = None) -> list[ChunkDraft]:
@@ -259,7 +281,7 @@ def list_chunks(
     cursor: str | None = None,
     category: str | None = None,
     source: str | None = None,
-) -> Page[FaqChunk]:
+) -> Page[ChunkView]:
     require_role(actor, ADMIN)
     query = select(FaqChunk)
     if category:
@@ -268,8 +290,8 @@ def list_chunks(
         query = query.where(FaqChunk.source == source)
     with uow:
         page = keyset_page(uow.session, query, FaqChunk.id, cursor=cursor, limit=limit)
-        uow.session.expunge_all()  # handed out loaded: the unit of work's closing rollback would expire them
-    return page
+        items = [row_view(ChunkView, c, metadata=plain_json(c.metadata_)) for c in page.items]
+    return Page(items=items, next_cursor=page.next_cursor)
 
 
 def delete_chunk(uow: UnitOfWork, actor: Actor, chunk_id: uuid.UUID) -> None:

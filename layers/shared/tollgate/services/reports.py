@@ -1,6 +1,7 @@
 """Reading what is recorded (issue 14): the AnalyticsRollup's daily series, email logs, subscription events,
 refunds, a user's own payment methods, and the low-balance report. Reads only: the admin ones take an `Actor`
-and admit ADMIN; the payment methods are the caller's own.
+and admit ADMIN; the payment methods are the caller's own. Answers are views (frozen dataclasses of plain values
+made inside the unit of work), never ORM rows.
 
 Lists are newest first by id (UUIDv7, so time order) with signed cursors; `since`/`until` bound `created_at`
 (`since` inclusive, `until` exclusive).
@@ -32,6 +33,7 @@ from tollgate.models.users import User
 from tollgate.pagination import Page, keyset_page
 from tollgate.services.authz import ADMIN, Actor, require_role
 from tollgate.services.auto_topup import default_payment_method
+from tollgate.services.views import plain_json, row_view
 
 METRICS = ANALYTICS_METRICS
 ANALYTICS_MAX_DAYS = 366
@@ -167,20 +169,7 @@ def email_logs(
     with uow:
         page = keyset_page(uow.session, query, EmailLog.id, cursor=cursor, limit=limit, descending=True)
         items = [
-            EmailLogView(
-                id=r.id,
-                user_id=r.user_id,
-                recipient=r.recipient,
-                type=r.type,
-                subject=_shown_subject(r.type, r.subject),
-                status=r.status,
-                provider=r.provider,
-                message_id=r.message_id,
-                error=r.error,
-                metadata=dict(r.metadata_ or {}),
-                sent_at=r.sent_at,
-                created_at=r.created_at,
-            )
+            row_view(EmailLogView, r, subject=_shown_subject(r.type, r.subject), metadata=plain_json(r.metadata_ or {}))
             for r in page.items
         ]
     return Page(items=items, next_cursor=page.next_cursor)
@@ -246,22 +235,12 @@ def subscription_events(
             )
         }
         items = [
-            SubscriptionEventView(
-                id=e.id,
-                subscription_id=e.subscription_id,
+            row_view(
+                SubscriptionEventView,
+                e,
                 provider=subscriptions[e.subscription_id][0],
                 provider_subscription_id=subscriptions[e.subscription_id][1],
-                user_id=e.user_id,
-                webhook_event_id=e.webhook_event_id,
-                type=e.type,
-                from_status=e.from_status,
-                to_status=e.to_status,
-                from_price_id=e.from_price_id,
-                to_price_id=e.to_price_id,
-                applied=e.applied,
-                provider_time=e.provider_time,
-                details=dict(e.details),
-                created_at=e.created_at,
+                details=plain_json(e.details),
             )
             for e in page.items
         ]
@@ -313,29 +292,7 @@ def refunds(
         query = query.where(Refund.status == status)
     with uow:
         page = keyset_page(uow.session, query, Refund.id, cursor=cursor, limit=limit, descending=True)
-        items = [
-            RefundView(
-                id=r.id,
-                provider=r.provider,
-                provider_refund_id=r.provider_refund_id,
-                kind=r.kind,
-                status=r.status,
-                user_id=r.user_id,
-                purchase_id=r.purchase_id,
-                invoice_id=r.invoice_id,
-                order_id=r.order_id,
-                amount=r.amount,
-                currency=r.currency,
-                credits_requested=r.credits_requested,
-                credits_clawed_back=r.credits_clawed_back,
-                credits_shortfall=r.credits_shortfall,
-                reason=r.reason,
-                requested_by=r.requested_by,
-                processed_at=r.processed_at,
-                created_at=r.created_at,
-            )
-            for r in page.items
-        ]
+        items = [row_view(RefundView, r) for r in page.items]
     return Page(items=items, next_cursor=page.next_cursor)
 
 
@@ -363,20 +320,7 @@ def payment_methods(
         user = uow.session.get(User, user_id)
         default = default_payment_method(uow.session, user) if user is not None else None
         page = keyset_page(uow.session, query, PaymentMethod.id, cursor=cursor, limit=limit, descending=True)
-        items = [
-            PaymentMethodView(
-                id=m.id,
-                provider=m.provider,
-                type=m.type,
-                brand=m.brand,
-                last4=m.last4,
-                exp_month=m.exp_month,
-                exp_year=m.exp_year,
-                default=default is not None and m.id == default.id,
-                created_at=m.created_at,
-            )
-            for m in page.items
-        ]
+        items = [row_view(PaymentMethodView, m, default=default is not None and m.id == default.id) for m in page.items]
     return Page(items=items, next_cursor=page.next_cursor)
 
 

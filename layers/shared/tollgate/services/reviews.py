@@ -1,6 +1,7 @@
 """Product reviews (issue 13, seed 004): one per user per product, only from a buyer (a COMPLETED order holding the
 product: the review is then `verified`), rating 1-5; helpful votes, one per user (the vote's primary key is the
-rule, and the count moves in the same statement's transaction); the public listing with the average rating."""
+rule, and the count moves in the same statement's transaction); the public listing with the average rating.
+Answers are views (frozen dataclasses of plain values made inside the unit of work), never ORM rows."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tollgate.models.commerce import Order, OrderItem, ProductReview, ReviewVote
 from tollgate.models.payments import Product
 from tollgate.pagination import Page, keyset_page
 from tollgate.services.catalogue import published_product
+from tollgate.services.views import row_view
 
 MAX_TITLE = 255
 MAX_CONTENT = 5_000
@@ -55,10 +57,7 @@ class HelpfulVote:
 
 
 def _review_view(r: ProductReview) -> ReviewView:
-    return ReviewView(
-        id=r.id, product_id=r.product_id, rating=r.rating, title=r.title, content=r.content, verified=r.verified,
-        helpful=r.helpful, created_at=r.created_at, updated_at=r.updated_at,
-    )  # fmt: skip
+    return row_view(ReviewView, r)
 
 
 def list_reviews(uow: UnitOfWork, product_ref: str, *, cursor: str | None, limit: int | None) -> ReviewPage:
