@@ -28,13 +28,13 @@ from tollgate.db import UnitOfWork
 from tollgate.db.engine import is_unavailable
 from tollgate.http.authorizer_context import UNAVAILABLE_CONTEXT
 from tollgate.observability import logger, tracer
-from tollgate.services.authz import ADMIN, SUPPORT
 from tollgate.services.authorizer import (
     Verdict,
     allows_route,
     authorize_api_key,
     authorize_bearer,
 )
+from tollgate.services.authz import ADMIN, SUPPORT
 
 DENY: dict[str, Any] = {"isAuthorized": False}
 DENY_CACHE_SECONDS = 5.0
