@@ -18,6 +18,10 @@ download access; a partial refund leaves it COMPLETED with its refunded amount. 
 back by the purchase's own `charge.refunded` path, never here; a refund that fails (after it succeeded, or while
 pending) gives back what that claw-back took for it (`_return_pack_credits`), once, through the ledger.
 
+Lemon Squeezy and Asaas refunds are made at the provider and reported as the cumulative money refunded of a
+payment: each step their claw-back applies refunds the order that payment made up to that amount through the same
+rule (`provider_refund_step`); the step's refund row names the order.
+
 Refunds no event settles (Stripe's answer and webhooks lost) are looked up at Stripe by ProviderReconciliation's
 refund sweep (tollgate.services.refund_sweep), which settles them through the webhooks' own path.
 """
@@ -27,7 +31,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -44,11 +48,13 @@ from tollgate.errors import (
     ValidationFailed,
 )
 from tollgate.models.commerce import Order, OrderItem
-from tollgate.models.payments import Purchase, Refund
+from tollgate.models.payments import Invoice, Purchase, Refund
+from tollgate.observability import logger
 from tollgate.outbox import EventType, emit
 from tollgate.payments import adapters
 from tollgate.payments.money import exponent, to_minor
 from tollgate.services.authz import ADMIN, Actor, audit, require_role
+from tollgate.services.orders import PAYING_INVOICE
 from tollgate.services.payment_events.handling import reversal_target
 
 PROVIDER = "stripe"
@@ -111,9 +117,13 @@ def _money(value: Decimal) -> str:
     return format(value, "f")
 
 
+def _scale(currency: str) -> Decimal:
+    return Decimal(1).scaleb(-exponent(currency))
+
+
 def quantised(amount: Decimal, currency: str) -> Decimal:
     """`amount` at the currency's scale; finer than its minor unit, or not above zero, is refused."""
-    scale = Decimal(1).scaleb(-exponent(currency))
+    scale = _scale(currency)
     if amount <= 0:
         raise ValidationFailed("a refund amount must be above zero", details={"field": "amount"})
     if amount != amount.quantize(scale):
@@ -165,7 +175,15 @@ def settle(
         returned = _return_pack_credits(session, order, refund, now)
         refund.metadata_ = {**refund.metadata_, **({"failure_reason": failure} if failure else {}), **returned}
         return new
-    order.refunded_amount += refund.amount
+    _count_refunded(session, order, refund, refund.amount, now)
+    return new
+
+
+def _count_refunded(session: Session, order: Order, refund: Refund, amount: Decimal, now: datetime) -> None:
+    """`amount` of `order` (locked) refunded by `refund`, a refund that succeeded: the one rule of what a refund
+    does to its order, whichever provider made it. Fully refunded, the order is REFUNDED (payment status REFUNDED)
+    and its items lose access; partly, it stays COMPLETED with its refunded amount."""
+    order.refunded_amount += amount
     if order.refunded_amount >= order.total_amount:
         order.status = "REFUNDED"
         order.payment_status = "REFUNDED"
@@ -181,13 +199,66 @@ def settle(
             EventType.REFUND_COMPLETED,
             user_id=order.user_id,
             data={
-                "provider": PROVIDER, "refund_id": refund.provider_refund_id, "tollgate_refund_id": refund.id,
-                "kind": "order", "order_id": order.id, "amount": refund.amount, "currency": refund.currency,
+                "provider": refund.provider, "refund_id": refund.provider_refund_id, "tollgate_refund_id": refund.id,
+                "kind": "order", "order_id": order.id, "amount": amount, "currency": refund.currency,
                 "order_refunded_amount": order.refunded_amount, "order_status": order.status,
             },
             dedupe_key=f"refund.completed:order:{refund.id}",
         )  # fmt: skip
-    return new
+
+
+# --- refunds a provider reports as cumulative money (Lemon Squeezy, Asaas) ---------------------------------------
+def order_paid_by(session: Session, holder: Purchase | Invoice) -> Order | None:
+    """The order `holder`'s payment made, locked after the holder (as the payment's own events take them): a pack
+    purchase's order, or the plan order whose first paid period this invoice paid (orders.PAYING_INVOICE). None
+    when the payment made no order (paid before orders existed, a renewal, a charge of nothing)."""
+    if isinstance(holder, Purchase):
+        query = select(Order).where(Order.purchase_id == holder.id)
+    elif holder.user_id is not None:
+        query = select(Order).where(
+            Order.user_id == holder.user_id,
+            Order.provider == holder.provider,
+            Order.metadata_[PAYING_INVOICE].astext == holder.provider_invoice_id,
+        )
+    else:
+        return None
+    session.flush()  # an order made earlier in this transaction (a refund that came before its payment's event)
+    return session.execute(query.order_by(Order.id).limit(1).with_for_update()).scalars().first()
+
+
+def provider_refund_step(
+    session: Session, holder: Purchase | Invoice, step: Refund, refunded: Decimal, now: datetime
+) -> dict[str, Any] | None:
+    """A refund step of a provider that reports only the cumulative money refunded of a payment (Lemon Squeezy,
+    Asaas: no refund of theirs has an id of its own), just applied to `holder` by its claw-back (`step`, the step's
+    refund row): the order that payment made is refunded up to `refunded` through the same rule
+    as a Stripe refund (`_count_refunded`). The step's row is the order's refund row (a second row would list the
+    same money twice). Never above the order's total, never lowered (a smaller amount arriving late moves nothing),
+    so replays and reordered deliveries end in the same state. Answers what moved, or None."""
+    order = order_paid_by(session, holder)
+    if order is None or order.status not in ("COMPLETED", "REFUNDED"):
+        return None  # no order, or one never paid: nothing of it was refunded
+    if order.currency.lower() != step.currency.lower():
+        logger.warning(
+            "a refund step in another currency than its order's",
+            extra={"order_id": str(order.id), "currency": step.currency, "order_currency": order.currency},
+        )
+        return None
+    scale = _scale(order.currency)
+    target = min(refunded, order.total_amount - order.refund_pending_amount).quantize(scale, rounding=ROUND_DOWN)
+    amount = (target - order.refunded_amount).quantize(scale)
+    if amount <= 0:
+        return None
+    step.order_id, step.processed_at = order.id, now
+    if amount != step.amount:
+        step.metadata_ = {**(step.metadata_ or {}), "order_refunded": _money(amount)}
+    session.flush()  # the step's row names its order before the order's refund is announced
+    _count_refunded(session, order, step, amount, now)
+    return {
+        "order_id": str(order.id),
+        "order_status": order.status,
+        "order_refunded_amount": _money(order.refunded_amount.quantize(scale)),
+    }
 
 
 def unanswered(session: Session, order_id: uuid.UUID, now: datetime) -> list[Refund]:

@@ -59,6 +59,8 @@ MAX_LINES = 50
 # Stripe refuses an `expires_at` under 30 minutes away; the minute of slack covers the time to the call.
 CHECKOUT_TTL = timedelta(minutes=30)
 CHECKOUT_SLACK = timedelta(minutes=1)
+# A plan order's metadata: the provider invoice whose payment fulfilled it (its refunds refund the order).
+PAYING_INVOICE = "invoice_id"
 
 
 # --- pricing a cart ------------------------------------------------------------------------------------------------
@@ -610,6 +612,7 @@ def plan_order(
     paid: bool,
     provider: str = "stripe",
     checkout_id: str | None = None,
+    invoice_id: str | None = None,
 ) -> Order | None:
     """The plan's order (one item, kind plan), fulfilled through `fulfil_order` once paid: one per subscription,
     made by its first paid period. Every provider calls this on every plan charge of more than nothing (a checkout,
@@ -618,7 +621,9 @@ def plan_order(
     The order is keyed `subscription:<provider subscription id>` (unique per provider), so two events racing for it
     make one row: the loser fails on the key, rolls back and applies on the provider's retry. `checkout_id`: the
     checkout that made the charge (a Stripe session), kept in the metadata; orders made before the key named the
-    subscription were keyed by it, so it and the subscription link (set on every plan order) find those too."""
+    subscription were keyed by it, so it and the subscription link (set on every plan order) find those too.
+    `invoice_id`: the provider invoice of the charge, kept in the metadata (PAYING_INVOICE) of the order it
+    fulfils, so that invoice's refunds find the order."""
     key = f"subscription:{subscription.provider_subscription_id}"
     keys = [key] if checkout_id is None else [key, checkout_id]
     first = (Order.created_at, Order.id)
@@ -644,6 +649,8 @@ def plan_order(
             order.metadata_ = {**order.metadata_, "checkout_id": checkout_id}
     if paid and order.status == "PENDING":
         fulfil_order(session, order, now=now, subscription_id=subscription.id, items=items)
+        if invoice_id is not None:
+            order.metadata_ = {**order.metadata_, PAYING_INVOICE: invoice_id}
     if items is not None:
         add_new(session, order, items)
     return order

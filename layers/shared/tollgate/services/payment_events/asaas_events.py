@@ -11,11 +11,14 @@ state rather than from the order deliveries come in:
   charge therefore grant once.
 - PAYMENT_REFUNDED / PAYMENT_PARTIALLY_REFUNDED: the cumulative refunded value (the sum of the charge's `refunds`
   that are not cancelled, or the whole value once the charge is REFUNDED) is clawed back once per refund step, as
-  for Stripe. A refund that arrives before its confirmation first records the charge it refunds as paid (its
-  payload proves it was), so the grant and its reversal land together and a later confirmation changes nothing.
+  for Stripe, and refunds the order the charge made (order_refunds.provider_refund_step). A refund that arrives
+  before its confirmation first records the charge it refunds as paid (its payload proves it was), so the grant
+  and its reversal land together and a later confirmation changes nothing.
 - PAYMENT_CHARGEBACK_REQUESTED / PAYMENT_CHARGEBACK_DISPUTE: the funds are held from the moment the chargeback
   is requested, so a pack's credits are clawed back once per charge; chargebacks of subscription charges move no
-  credits (as Stripe's disputes over invoices). PAYMENT_AWAITING_CHARGEBACK_REVERSAL (won) moves nothing.
+  credits (as Stripe's disputes over invoices). PAYMENT_AWAITING_CHARGEBACK_REVERSAL (won) moves nothing. A
+  chargeback leaves the charge's order as it is, as Stripe's disputes do: held money is no refund, and a won
+  chargeback gives it back.
 - PAYMENT_OVERDUE: a subscription's charge makes the subscription `past_due` (and mails the user); an overdue
   pack charge grants nothing and stays payable.
 - SUBSCRIPTION_CREATED / UPDATED / INACTIVATED / DELETED: the subscription row (never moved backwards). An ACTIVE
@@ -43,7 +46,7 @@ from tollgate.payments.asaas import INTERVALS, Reference
 from tollgate.payments.money import to_minor
 from tollgate.payments.signatures import asaas_time
 from tollgate.payments.statuses import TERMINAL
-from tollgate.services import orders
+from tollgate.services import order_refunds, orders
 from tollgate.services.payment_events.handling import (
     Ctx,
     NotYetApplicable,
@@ -245,6 +248,7 @@ def _first_payment_order(ctx: Ctx, invoice: Invoice, user: User, plan: Plan, sub
     return orders.plan_order(
         ctx.session, user_id=user.id, subscription=sub, plan_id=plan.id, plan_name=plan.name,
         amount=invoice.amount_paid, currency=CURRENCY, now=ctx.now, paid=True, provider=PROVIDER,
+        invoice_id=invoice.provider_invoice_id,
     )  # fmt: skip
 
 
@@ -312,11 +316,13 @@ def payment_refunded(ctx: Ctx, payment: dict[str, Any]) -> Outcome:
     )  # fmt: skip
     if refund is None:
         return Outcome.done(note="this refund step was already applied", payment=payment_id)
+    moved = order_refunds.provider_refund_step(ctx.session, holder, refund, refunded, ctx.now)
     return Outcome.done(
         payment=payment_id,
         refunded=str(refunded),
         **reversal_detail(refund),
         **({"early": settled.detail} if "granted" in settled.detail else {}),
+        **({"order_refund": moved} if moved else {}),
     )
 
 

@@ -839,4 +839,5 @@ def paid_plan_order(
     return orders.plan_order(
         ctx.session, user_id=user.id, subscription=sub, plan_id=plan.id, plan_name=plan.name,
         amount=invoice.amount_paid, currency=invoice.currency, now=ctx.now, paid=True, provider=provider,
+        invoice_id=invoice.provider_invoice_id,
     )  # fmt: skip

@@ -13,6 +13,7 @@ from tollgate.models.payments import Invoice, Purchase
 from tollgate.models.users import User
 from tollgate.payments.money import to_major, to_minor
 from tollgate.payments.signatures import parse_time
+from tollgate.services import order_refunds
 from tollgate.services.payment_events.handling import (
     Ctx,
     NotYetApplicable,
@@ -108,9 +109,11 @@ def order_refunded(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any], attr
     )  # fmt: skip
     if refund is None:
         return Outcome.done(note="this refund step was already applied", order=order_id)
+    moved = order_refunds.provider_refund_step(ctx.session, purchase, refund, refunded, ctx.now)
     return Outcome.done(
         order=order_id,
         **reversal_detail(refund),
+        **({"order_refund": moved} if moved else {}),
     )
 
 
@@ -263,9 +266,11 @@ def payment_refunded(ctx: Ctx, payload: dict[str, Any], data: dict[str, Any], at
         reversed_money=refunded, kind="refund", step_amount=step, currency=currency,
         step_id=f"invoice:{invoice.provider_invoice_id}:refunded:{to_minor(refunded, currency)}",
     )  # fmt: skip
+    moved = order_refunds.provider_refund_step(ctx.session, invoice, refund, refunded, ctx.now) if refund else None
     return Outcome.done(
         invoice=invoice.provider_invoice_id,
         credits_clawed_back=str(refund.credits_clawed_back) if refund else "0",
+        **({"order_refund": moved} if moved else {}),
     )
 
 

@@ -35,7 +35,6 @@ from tollgate.models.users import User
 from tollgate.payments import adapters
 from tollgate.payments.money import to_major, to_minor
 from tollgate.payments.signatures import parse_time
-from tollgate.services import orders
 from tollgate.services.payment_events import (
     stripe_auto_topup,
     stripe_catalogue_events,
@@ -59,6 +58,7 @@ from tollgate.services.payment_events.handling import (
     notify_payment_failed,
     object_id,
     pack_by_id,
+    paid_plan_order,
     plan_by_price,
     reversal_detail,
     reverse_credits,
@@ -435,14 +435,12 @@ def invoice_paid(ctx: Ctx, event: dict[str, Any], obj: dict[str, Any]) -> Outcom
 def _plan_charge_order(ctx: Ctx, invoice: Invoice, user: User, plan: Plan, sub: Subscription | None) -> Order | None:
     """Every paid plan invoice of more than nothing goes to the one plan-order flow, which makes the
     subscription's order at its first paid period (after a free trial: its first `subscription_cycle` invoice) and
-    none after it; a first invoice and its checkout find the same order. An invoice before its subscription row
-    waits for the row: the checkout that records it makes the order."""
-    if sub is None or invoice.amount_paid <= 0:
-        return None
-    return orders.plan_order(
-        ctx.session, user_id=user.id, subscription=sub, plan_id=plan.id, plan_name=plan.name,
-        amount=invoice.amount_paid, currency=invoice.currency, now=ctx.now, paid=True, provider=PROVIDER,
-    )  # fmt: skip
+    none after it; a first invoice and its checkout find the same order (keyed by the subscription). An invoice
+    before any subscription row (a subscription made outside Tollgate's checkout, whose customer.subscription.*
+    events come later) records the row now, as a checkout does (`paid_plan_order`): else the first period would
+    make no order and the next one would."""
+    order: Order | None = paid_plan_order(ctx, invoice, user, plan, sub, provider=PROVIDER)
+    return order
 
 
 def _billed_lines(ctx: Ctx, obj: dict[str, Any]) -> tuple[list[BilledLine], list[str]]:
