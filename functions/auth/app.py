@@ -5,6 +5,7 @@ Nothing here logs a request body: passwords, tokens and codes never reach the lo
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -30,11 +31,24 @@ Email = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
 ]
-# A new account's address: a domain of non-empty labels, none after a final dot. `kate@example.com.` names Kate's
-# mailbox too, so accepting it would open a second account (and sign-up grant) on one mailbox.
+
+
+def _one_spelling(address: str) -> str:
+    # Accounts are found by the address in lower case. A letter whose lower case is another letter's (the Kelvin
+    # sign lowers to `k`, U+0130 to `i` and a dot) or a decomposed accent would let a look-alike spelling claim
+    # the plain one's account, whose links then go to the look-alike mailbox.
+    if not unicodedata.is_normalized("NFC", address) or any(c.lower() != c and c.lower().upper() != c for c in address):
+        raise ValueError("not an address in its one spelling")
+    return address
+
+
+# A new account's address: a domain of non-empty labels, none after a final dot, and letters of one spelling.
+# `kate@example.com.` names Kate's mailbox too, so accepting it would open a second account (and sign-up grant)
+# on one mailbox.
 NewEmail = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$"),
+    AfterValidator(_one_spelling),
 ]
 # Length rules (8-128) belong to the policy; the edge only refuses absurd sizes before anything is hashed.
 Password = Annotated[str, StringConstraints(min_length=1, max_length=1024)]

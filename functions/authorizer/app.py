@@ -34,14 +34,11 @@ from tollgate.services.authorizer import (
     authorize_api_key,
     authorize_bearer,
 )
-from tollgate.services.authz import ADMIN, SUPPORT
 
 DENY: dict[str, Any] = {"isAuthorized": False}
 DENY_CACHE_SECONDS = 5.0
 CACHE_SIZE = 2048
 MAX_CREDENTIAL_LENGTH = 8192
-# Back-office power must end the moment it is taken away; staff traffic is small, so its lookups are affordable.
-STAFF_ROLES = frozenset({ADMIN, SUPPORT})
 
 
 class VerdictCache:
@@ -134,7 +131,7 @@ def _verdict(event: dict[str, Any]) -> dict[str, Any]:
         cache.put(key, DENY, now + min(DENY_CACHE_SECONDS, ttl))
         return DENY
     answer = {"isAuthorized": True, "context": verdict.context()}
-    if verdict.role not in STAFF_ROLES:
+    if verdict.reusable:
         cache.put(key, answer, min(now + ttl, verdict.valid_until))
     return answer
 

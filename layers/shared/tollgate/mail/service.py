@@ -39,12 +39,19 @@ class OutgoingMail:
     essential: bool = False
 
 
+def _lower_letter(char: str) -> str:
+    # Only a letter whose lower case is its own: the Kelvin sign lowers to the ASCII `k` (and U+0130 to `i` and a
+    # dot), so folding those would let a look-alike address's bounce suppress the plain one.
+    lower = char.lower()
+    return lower if lower.upper() == char else char
+
+
 def suppression_key(address: str) -> str:
     """An address as the suppression list (`email_suppressions`) keys it: trimmed, lower case, and the domain
     without trailing dots (DNS reads `example.com.` as `example.com`: one host, one mailbox). Every write to and
-    look-up in the list goes through this. Nothing else is folded: `a+b@x` and look-alike letters are other
-    addresses."""
-    local, at, domain = address.strip().lower().rpartition("@")
+    look-up in the list goes through this. Nothing else is folded: `a+b@x` and look-alike letters (the Kelvin
+    sign is no `K`) are other addresses."""
+    local, at, domain = "".join(_lower_letter(c) for c in address.strip()).rpartition("@")
     return f"{local}{at}{domain.rstrip('.')}"
 
 

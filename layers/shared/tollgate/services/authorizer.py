@@ -57,6 +57,12 @@ class Verdict:
     auth_time: int | None = None
 
     @property
+    def reusable(self) -> bool:
+        """Whether the authorizer may answer later requests from this verdict (its cache). A staff verdict never:
+        back-office power ends the moment it is taken away, and staff traffic is small enough to re-read."""
+        return self.role not in (UserRole.ADMIN, UserRole.SUPPORT)
+
+    @property
     def credential(self) -> str:
         return "api_key" if self.api_key_id else "session"
 
