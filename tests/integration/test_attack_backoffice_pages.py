@@ -145,18 +145,6 @@ def test_replies_written_while_a_customer_pages_neither_repeat_nor_hide_an_older
     assert fresh == (older + newer)[::-1]
 
 
-@pytest.mark.parametrize(
-    "query", ["limit=100000000000000000000000", "limit=", "limit=%20", "limit=1e2", "limit=0x10", "limit=true"]
-)
-def test_odd_limits_are_refused_not_served_or_crashed_on(db: Db, query: str) -> None:
-    # Given a ticket, When either side asks for a page size that is no integer in 1-100, Then 422 validation_error
-    customer, agent = _user(db), _user(db, "SUPPORT")
-    ticket_id = _ticket(customer)
-    for path, reader in ((_customer_path(ticket_id), customer), (_staff_path(ticket_id), agent)):
-        refused = api_call("GET", path, query=query, as_user=reader)
-        assert (refused.status, refused.error_code) == (422, "validation_error"), (path, query)
-
-
 def test_another_customers_cursor_does_not_open_their_ticket(db: Db) -> None:
     # Given Alice's ticket with a page cursor she was issued, and Bob
     alice, bob, agent = _user(db), _user(db), _user(db, "SUPPORT")
